@@ -1,0 +1,5 @@
+"""`python -m loradoctor ...`: the same as the console script."""
+
+from .cli import main
+
+raise SystemExit(main())

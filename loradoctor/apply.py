@@ -1,0 +1,63 @@
+"""Running the user's LoRA code (`--apply SPEC`) or PEFT (`--peft ...`) on the loaded model.
+
+The user's function is called as `fn(model, **kwargs)`. If it returns an `nn.Module`, that is
+the adapted model (PEFT style); otherwise the model it received was adapted in place. If it
+raises, the user gets one line naming their file and line (exit 2): a pipeline whose LoRA code
+cannot even run is an input problem, not a finding. Aliasing crashes happen later, in forward,
+and are explained by the wiring checks.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from .errors import InputError
+from .load import _where
+
+
+def apply_adapters(ctx):
+    import torch.nn as nn
+
+    model = ctx.base_model
+    if ctx.peft_kwargs is not None:
+        return _apply_peft(model, ctx.peft_kwargs)
+    fn = ctx.apply_fn
+    if fn is None:
+        return model  # nothing to apply: the checks see the base model as it is
+    if not callable(fn):
+        raise InputError(f"--apply {ctx.apply_spec}: {type(fn).__name__} is not callable")
+    kwargs = dict(ctx.apply_kwargs)
+    _check_signature(fn, kwargs, ctx.apply_spec)
+    try:
+        returned = fn(model, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the user's code raised
+        raise InputError(f"--apply {ctx.apply_spec} raised: {_where(exc)}") from exc
+    return returned if isinstance(returned, nn.Module) else model
+
+
+def _check_signature(fn, kwargs, spec) -> None:
+    try:
+        sig = inspect.signature(fn)
+        sig.bind(None, **kwargs)
+    except TypeError as exc:
+        params = ", ".join(list(sig.parameters)[1:]) or "none"
+        raise InputError(f"--apply {spec}: {exc} (it takes: model, {params}; pass the rest with "
+                         f"--apply-arg KEY=VALUE)") from None
+    except ValueError:
+        pass  # builtins without a signature: just call them
+
+
+def _apply_peft(model, peft_kwargs):
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as exc:
+        raise InputError("--peft needs the peft package: pip install peft") from exc
+    kwargs = dict(peft_kwargs)
+    target = kwargs.get("target_modules")
+    if isinstance(target, str) and target != "all-linear" and "," in target:
+        kwargs["target_modules"] = [t.strip() for t in target.split(",")]
+    try:
+        config = LoraConfig(task_type="CAUSAL_LM", **kwargs)
+        return get_peft_model(model, config)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"--peft {peft_kwargs}: {type(exc).__name__}: {exc}") from exc

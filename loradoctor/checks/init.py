@@ -1,0 +1,3 @@
+"""init rules (stub: filled in by its issue)."""
+
+RULES = []

@@ -1,0 +1,3 @@
+"""persistence rules (stub: filled in by its issue)."""
+
+RULES = []

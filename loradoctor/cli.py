@@ -1,0 +1,190 @@
+"""Command line: parse arguments, build a context, run the engine, render, return the exit code.
+
+Exit codes (the contract): 0 no error finding, 1 an error finding or a crashed check,
+2 usage or input error (one line on stderr; the traceback only with -v).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from . import __version__
+from .errors import InputError
+
+
+def _quiet_libraries() -> None:
+    # Nothing may reach a hub, and library chatter (progress bars, warnings) must not mix
+    # with the report or with JSON.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+    warnings.filterwarnings("ignore")
+    try:
+        from transformers.utils import logging as hf_logging
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except Exception:  # noqa: BLE001 - transformers missing is reported where it is needed
+        pass
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--select", metavar="CODES", help="only rules whose code starts with one of "
+                   "these comma-separated prefixes (LD1, LD401)")
+    p.add_argument("--ignore", metavar="CODES", help="skip rules with these code prefixes")
+    p.add_argument("--json", action="store_true", help="write one JSON object to stdout")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show evidence, skipped checks and tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loradoctor",
+        description="Catch silent LoRA fine-tuning bugs before training.",
+        epilog="exit codes: 0 no error finding, 1 error finding or crashed check, "
+               "2 usage or input error",
+    )
+    parser.add_argument("--version", action="version", version=f"loradoctor {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    ds = sub.add_parser("check-dataset", help="chat-template label masking and special tokens",
+                        description="Check a chat dataset, its tokenizer and (with --dataset) "
+                                    "your own labelling code against the chat template.")
+    ds.add_argument("data", metavar="DATA", help="JSON Lines file (or a .json list) of chats")
+    ds.add_argument("--tokenizer", required=True, metavar="TOK", help="local tokenizer directory")
+    ds.add_argument("--dataset", metavar="SPEC",
+                    help="your dataset class or labelling function: file.py:NAME or pkg.mod:NAME")
+    ds.add_argument("--max-length", type=int, metavar="N", help="the max length you train with")
+    ds.add_argument("--show", type=int, default=3, metavar="N",
+                    help="colored token views for up to N failing samples (default 3)")
+    ds.add_argument("--workers", type=int, default=1, metavar="N",
+                    help="processes for tokenization (default 1)")
+    _common(ds)
+
+    md = sub.add_parser("check-model", help="your LoRA code (or PEFT) on a real model",
+                        description="Apply your LoRA code to a local model and check wiring, "
+                                    "identity start, training signal, numerics and persistence.")
+    md.add_argument("--model", required=True, metavar="MODEL", help="local model directory")
+    md.add_argument("--apply", metavar="SPEC", help="your apply function: file.py:NAME")
+    md.add_argument("--apply-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="keyword argument for the apply function (repeatable)")
+    md.add_argument("--peft", metavar="KEY=VALUE[,...]",
+                    help="apply PEFT LoRA instead, e.g. r=8,lora_alpha=16,target_modules=all-linear")
+    md.add_argument("--data", metavar="DATA", help="chat data for the probe batch")
+    md.add_argument("--tokenizer", metavar="TOK", help="tokenizer for --data")
+    md.add_argument("--dtypes", metavar="LIST",
+                    help="dtypes to compare, e.g. fp32,fp16,bf16 (default: what the device runs)")
+    md.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    md.add_argument("--train-steps", type=int, default=0, metavar="N",
+                    help="also run N real optimizer steps and report the training signal")
+    _common(md)
+
+    rl = sub.add_parser("rules", help="list the rules, or print one rule's documentation")
+    rl.add_argument("code", nargs="?", metavar="CODE")
+
+    rf = sub.add_parser("reference", help="the reference training runs (buggy vs fixed)")
+    rf.add_argument("name", nargs="?", metavar="NAME")
+    rf.add_argument("--json", action="store_true", help="write one JSON object to stdout")
+    return parser
+
+
+def parse_peft(text: str) -> dict:
+    """`r=8,lora_alpha=16,target_modules=q_proj,v_proj`: a bare item continues the last value."""
+    from .load import parse_kwargs
+    items: list[str] = []
+    for part in text.split(","):
+        if "=" in part or not items:
+            items.append(part)
+        else:
+            items[-1] += "," + part
+    return parse_kwargs(items, "--peft")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    verbose = getattr(args, "verbose", False)
+    _quiet_libraries()
+    try:
+        return _dispatch(args)
+    except InputError as exc:
+        if verbose:
+            traceback.print_exc()
+        print(f"loradoctor: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("loradoctor: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int:
+    from . import registry
+
+    if args.command == "rules":
+        from .render import print_rule_doc, print_rules
+        if args.code:
+            print_rule_doc(registry.get(args.code))
+        else:
+            print_rules(registry.ALL_RULES)
+        return 0
+    if args.command == "reference":
+        from .reference.runner import run_reference
+        return run_reference(args.name, as_json=args.json)
+
+    from . import engine
+    from .context import DatasetContext, ModelContext
+    from .load import parse_kwargs, resolve_device
+    from .render import console, print_json, print_report
+
+    selected = registry.select(registry.rules_for("dataset" if args.command == "check-dataset"
+                                                  else "model"),
+                               registry.parse_codes(args.select), registry.parse_codes(args.ignore))
+    if args.command == "check-dataset":
+        if args.max_length is not None and args.max_length < 1:
+            raise InputError(f"--max-length {args.max_length}: must be a positive number")
+        ctx = DatasetContext(Path(args.data), Path(args.tokenizer), args.dataset, args.max_length,
+                             args.show, max(1, args.workers))
+        title = f"loradoctor check-dataset · {args.data} · tokenizer {args.tokenizer}"
+    else:
+        dtypes = tuple(d.strip() for d in args.dtypes.split(",")) if args.dtypes else None
+        if dtypes:
+            from .load import torch_dtype
+            for d in dtypes:
+                torch_dtype(d)
+        ctx = ModelContext(
+            Path(args.model), args.apply, parse_kwargs(args.apply_arg),
+            parse_peft(args.peft) if args.peft else None,
+            Path(args.data) if args.data else None,
+            Path(args.tokenizer) if args.tokenizer else None,
+            dtypes, resolve_device(args.device), max(0, args.train_steps),
+        )
+        what = args.apply or (f"peft {args.peft}" if args.peft else "no adapter code")
+        title = f"loradoctor check-model · {args.model} · {what}"
+    err = console(stderr=True)
+    show_progress = err.is_terminal and not args.json
+    if show_progress:
+        with err.status("loading inputs ..."):
+            ctx.validate_inputs()
+    else:
+        ctx.validate_inputs()
+    if show_progress:
+        ctx.progress_console = err
+        with err.status("") as status:
+            report = engine.run(args.command, selected, ctx,
+                                on_progress=lambda r: status.update(f"{r.code} {r.name} ..."))
+    else:
+        report = engine.run(args.command, selected, ctx)
+    if args.json:
+        print_json(report, __version__)
+    else:
+        print_report(report, title=title, verbose=args.verbose)
+    return report.exit_code

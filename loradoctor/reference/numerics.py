@@ -1,0 +1,3 @@
+"""Reference runs for the numerics family (stub: filled in by its issue)."""
+
+RUNS = []

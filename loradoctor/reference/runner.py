@@ -1,0 +1,58 @@
+"""Running and showing the reference training runs (`loradoctor reference [NAME]`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from .. import __version__
+from ..findings import jsonable
+from . import select_runs
+
+
+def run_reference(name: str | None, as_json: bool = False) -> int:
+    from rich.text import Text
+
+    from ..findings import Curve
+    from ..render import console, render_view
+
+    runs = select_runs(name)
+    out = console()
+    err = console(stderr=True)
+    results = []
+    for run in runs:
+        start = time.perf_counter()
+        if err.is_terminal and not as_json:
+            with err.status(f"reference run {run.name} ..."):
+                outcome = run.run()
+        else:
+            outcome = run.run()
+        elapsed = time.perf_counter() - start
+        results.append({"name": run.name, "title": run.title, "reproduced": outcome.reproduced,
+                        "curves": outcome.curves, "flagged": outcome.flagged,
+                        "verdict": outcome.verdict, "duration_s": round(elapsed, 2)})
+        if as_json:
+            continue
+        mark, style = ("✓", "green") if outcome.reproduced else ("✗", "bold red")
+        out.print(Text.assemble((f"{mark} ", style), (run.name, "bold"), f"  {run.title}",
+                                (f"  {elapsed:.1f}s", "dim")))
+        out.print(render_view(Curve(f"  loss over {max(map(len, outcome.curves.values()), default=0)}"
+                                    f" real AdamW steps", outcome.curves)))
+        for pipeline, codes in outcome.flagged.items():
+            flagged = ", ".join(codes) if codes else "nothing (clean)"
+            out.print(Text.assemble("  loradoctor before training on ", (pipeline, "bold"),
+                                    ": ", (flagged, "red" if codes else "green")))
+        for line in outcome.verdict:
+            out.print(Text(f"  {line}"))
+        out.print()
+    ok = all(r["reproduced"] for r in results)
+    if as_json:
+        sys.stdout.write(json.dumps(jsonable({"tool": "loradoctor", "version": __version__,
+                                              "command": "reference", "runs": results,
+                                              "summary": {"runs": len(results),
+                                                          "reproduced": sum(r["reproduced"] for r in results)}}),
+                                    ensure_ascii=False) + "\n")
+    elif not results:
+        out.print("no reference runs yet")
+    return 0 if ok else 1

@@ -1,0 +1,3 @@
+"""Reference runs for the wiring family (stub: filled in by its issue)."""
+
+RUNS = []

@@ -1,0 +1,244 @@
+"""The only code that prints: the rich doctor view, JSON, rule docs and reference runs.
+
+Colour follows the terminal (rich's detection, `NO_COLOR`, `TERM=dumb`); piped output is
+plain text. JSON goes to standard output as exactly one object; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Iterable
+
+from rich.console import Console, Group
+from rich.markdown import Markdown
+from rich.padding import Padding
+from rich.table import Table as RichTable
+from rich.text import Text
+
+from .findings import Curve, Report, Severity, Status, Table, TokenView, jsonable
+from .rules import FAMILIES, Rule
+
+MARKS = {Status.PASS: ("✓", "green"), Status.FAIL: ("✗", "bold red"),
+         Status.WARN: ("!", "yellow"), Status.SKIP: ("-", "dim"),
+         Status.CRASH: ("✗", "bold magenta")}
+SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
+SPARKS = "▁▂▃▄▅▆▇█"
+STATUS_WORDS = {Status.PASS: "passed", Status.FAIL: "failed", Status.WARN: "warned",
+                Status.SKIP: "skipped", Status.CRASH: "crashed"}
+
+
+def console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+def print_json(report: Report, version: str) -> None:
+    sys.stdout.write(json.dumps(report.to_dict(version), ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def print_report(report: Report, *, title: str, verbose: bool = False,
+                 out: Console | None = None) -> None:
+    out = out or console()
+    out.print(Text(title, style="bold"))
+    skipped = [r for r in report.results if r.status is Status.SKIP and not r.findings]
+    for result in report.results:
+        if result in skipped and not verbose:
+            continue
+        mark, style = MARKS[result.status]
+        line = Text(f" {mark} ", style=style)
+        line.append(f"{result.code} ", style="bold")
+        line.append(f"{result.name}", style=style if result.status is not Status.PASS else "")
+        if result.summary:
+            line.append(f"  {result.summary}", style="dim" if result.status is Status.PASS else "")
+        out.print(line)
+        for f in result.findings:
+            out.print(Padding(_finding(f, verbose), (0, 0, 0, 5)))
+        for view in result.views:
+            out.print(Padding(render_view(view), (0, 0, 0, 5)))
+        if result.traceback and verbose:
+            out.print(Padding(Text(result.traceback.rstrip(), style="magenta"), (0, 0, 0, 5)))
+    if skipped and not verbose:
+        reasons: dict[str, list[str]] = {}
+        for r in skipped:
+            reasons.setdefault(r.summary or "not applicable", []).append(r.code)
+        for reason, codes in reasons.items():
+            out.print(Text(f" - skipped {_code_list(codes)}: {reason}", style="dim"))
+    for view in report.views:
+        out.print(render_view(view))
+    out.print(_summary_line(report))
+
+
+def _finding(f, verbose: bool) -> Group:
+    head = Text()
+    head.append(f"{f.severity.value:<7} ", style=SEVERITY_STYLE[f.severity])
+    if f.code not in ("LD001",) and f.code:
+        head.append(f"{f.code} ", style="bold")
+    if f.location:
+        head.append(f"{f.location}  ", style="cyan")
+    head.append(f.message)
+    parts = [head]
+    if f.fix:
+        parts.append(Text.assemble(("        fix: ", "green"), f.fix))
+    if verbose and f.evidence:
+        ev = json.dumps(jsonable(f.evidence), ensure_ascii=False)
+        parts.append(Text("        evidence: " + (ev if len(ev) < 400 else ev[:400] + " ..."),
+                          style="dim"))
+    return Group(*parts)
+
+
+def _summary_line(report: Report) -> Text:
+    c = report.counts()
+    n_checks = len(report.results)
+    parts = []
+    for key, label, style in (("errors", "error", "bold red"), ("warnings", "warning", "yellow"),
+                              ("infos", "info", "cyan")):
+        if c[key]:
+            parts.append((f"{c[key]} {label}{'s' if c[key] != 1 else ''}", style))
+    text = Text("\n")
+    if parts:
+        for i, (p, style) in enumerate(parts):
+            text.append(("" if i == 0 else ", ") + p, style=style)
+    else:
+        text.append("no problems found", style="bold green")
+    statuses = [f"{c['checks_' + s.value]} {STATUS_WORDS[s]}" for s in Status
+                if c["checks_" + s.value]]
+    text.append(f" · {n_checks} checks: {', '.join(statuses)}")
+    code = report.exit_code
+    text.append(f" · exit {code}", style="bold red" if code else "bold green")
+    return text
+
+
+def _code_list(codes: list[str]) -> str:
+    return ", ".join(codes) if len(codes) <= 4 else f"{codes[0]}..{codes[-1]} ({len(codes)} checks)"
+
+
+# --- views -------------------------------------------------------------------------------
+
+
+def render_view(view):
+    if isinstance(view, TokenView):
+        return token_view(view)
+    if isinstance(view, Table):
+        return table_view(view)
+    if isinstance(view, Curve):
+        return curve_view(view)
+    return Text(str(view))
+
+
+def token_view(view: TokenView) -> Group:
+    """Tokens coloured by supervision: green trained, dim masked, red/yellow where we disagree."""
+    text = Text()
+    for i, tok in enumerate(view.tokens):
+        shown = tok.replace("\n", "⏎\n").replace("\t", "⇥") or "∅"
+        user = view.user[i] if i < len(view.user) else False
+        truth = view.oracle[i] if view.oracle is not None and i < len(view.oracle) else None
+        if truth is not None and truth and not user:
+            style = "bold white on red"  # should be trained, is masked
+        elif truth is not None and user and not truth:
+            style = "bold black on yellow"  # trained, should be masked
+        elif user:
+            style = "black on green"
+        else:
+            style = "dim"
+        text.append(shown, style=style)
+        text.append("│" if not shown.endswith("\n") else "", style="dim")
+    legend = Text.assemble(("trained", "black on green"), " ", ("masked", "dim"))
+    if view.oracle is not None:
+        legend.append(" ")
+        legend.append("should be trained, is masked", style="bold white on red")
+        legend.append(" ")
+        legend.append("trained, should be masked", style="bold black on yellow")
+    return Group(Text(view.title, style="bold"), text, legend)
+
+
+def table_view(view: Table) -> RichTable:
+    table = RichTable(title=view.title, title_justify="left", show_lines=False, pad_edge=False)
+    for col in view.columns:
+        table.add_column(str(col))
+    for row in view.rows:
+        table.add_row(*[_cell(v) for v in row])
+    return table
+
+
+def _cell(v) -> Text | str:
+    if v is True:
+        return Text("✓", style="green")
+    if v is False:
+        return Text("·", style="dim")
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def sparkline(values: list[float]) -> Text:
+    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    span = (hi - lo) or 1.0
+    out = Text()
+    for v in values:
+        if not isinstance(v, (int, float)) or not math.isfinite(v):
+            out.append("×", style="bold red")
+        else:
+            out.append(SPARKS[min(len(SPARKS) - 1, int((v - lo) / span * (len(SPARKS) - 1)))],
+                       style="green")
+    return out
+
+
+def curve_view(view: Curve) -> RichTable:
+    table = RichTable(title=view.title, title_justify="left", box=None, pad_edge=False)
+    for col in ("pipeline", "loss by step (× = nan/inf)", "first", "last"):
+        table.add_column(col)
+    for name, values in view.series.items():
+        first = _fmt_loss(values[0]) if values else "-"
+        last = _fmt_loss(values[-1]) if values else "-"
+        table.add_row(name, sparkline(values), first, last)
+    return table
+
+
+def _fmt_loss(v: float) -> Text:
+    if not math.isfinite(v):
+        return Text(str(v), style="bold red")
+    return Text(f"{v:.4f}")
+
+
+# --- rules -------------------------------------------------------------------------------
+
+
+def print_rules(rules: Iterable[Rule], out: Console | None = None) -> None:
+    out = out or console()
+    table = RichTable(box=None, pad_edge=False, show_header=True)
+    for col in ("code", "name", "family", "what it flags"):
+        table.add_column(col)
+    for r in rules:
+        table.add_row(Text(r.code, style="bold"), r.name, FAMILIES.get(r.family, ""), r.one_line)
+    out.print(table)
+
+
+def print_rule_doc(rule: Rule, out: Console | None = None) -> None:
+    out = out or console()
+    out.print(Text(f"{rule.code} {rule.name}", style="bold"),
+              Text(f"  ({FAMILIES.get(rule.family, '')}; {rule.severity.value})", style="dim"))
+    out.print(Markdown(rule.doc))
+
+
+def progress(ctx, description: str, total: int | None = None):
+    """A progress bar on stderr when the CLI gave the context a terminal console; else a no-op.
+
+    Use: `with progress(ctx, "tokenizing", total=n) as advance: ... advance(k)`.
+    """
+    from contextlib import contextmanager
+
+    @contextmanager
+    def bar():
+        con = getattr(ctx, "progress_console", None)
+        if con is None:
+            yield lambda n=1: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=con, transient=True) as prog:
+            task = prog.add_task(description, total=total)
+            yield lambda n=1: prog.advance(task, n)
+    return bar()
