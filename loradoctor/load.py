@@ -134,12 +134,15 @@ def _import_file(path: Path, spec: str):
     folder = str(path.resolve().parent)
     sys.path.insert(0, folder)
     sys.modules[mod_name] = module
+    # Importing must not write __pycache__ into the user's folder.
+    saved_bytecode_flag, sys.dont_write_bytecode = sys.dont_write_bytecode, True
     try:
         module_spec.loader.exec_module(module)
     except Exception as exc:  # noqa: BLE001
         sys.modules.pop(mod_name, None)
         raise InputError(f"SPEC {spec}: importing {path} failed: {_where(exc)}") from exc
     finally:
+        sys.dont_write_bytecode = saved_bytecode_flag
         if sys.path and sys.path[0] == folder:
             sys.path.pop(0)
     return module

@@ -1,0 +1,1 @@
+"""loradoctor test suite."""

@@ -1,0 +1,186 @@
+"""The command line as a user meets it: help, rules, JSON, exit codes, and every bad input.
+
+Bad input always means exit code 2 and one line on stderr that names the place, with no
+traceback (the traceback only under -v), and nothing of the user's changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from .conftest import DATA, FIXTURES, PIPELINES
+
+BAD = FIXTURES / "bad_inputs"
+
+
+def _assert_clean_input_error(result, *fragments):
+    assert result.code == 2, (result.out, result.err)
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith("loradoctor: error: ")
+    assert "Traceback" not in result.err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def _tree_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")) if path.is_dir() else [path]:
+        if p.is_file():
+            h.update(str(p).encode())
+            h.update(p.read_bytes())
+            h.update(str(p.stat().st_mtime_ns).encode())
+    return h.hexdigest()
+
+
+def test_help_works_for_every_command(cli_subprocess):
+    top = cli_subprocess("--help")
+    assert top.code == 0
+    for command in ("check-dataset", "check-model", "rules", "reference"):
+        assert command in top.out
+    assert "exit codes" in top.out
+
+
+@pytest.mark.parametrize("command,flag", [("check-dataset", "--tokenizer"),
+                                          ("check-model", "--apply-arg"),
+                                          ("rules", "CODE"), ("reference", "NAME")])
+def test_subcommand_help(cli, command, flag):
+    with pytest.raises(SystemExit) as exit_info:
+        cli(command, "--help")
+    assert exit_info.value.code == 0
+
+
+def test_version_is_exposed():
+    import loradoctor
+    assert loradoctor.__version__.count(".") == 2
+
+
+def test_rules_lists_every_rule_and_prints_one_rules_documentation(cli):
+    from loradoctor.registry import ALL_RULES
+    listed = cli("rules")
+    assert listed.code == 0
+    for r in ALL_RULES:
+        assert r.code in listed.out
+    one = cli("rules", "LD100")
+    assert one.code == 0
+    assert "unreadable-record" in one.out and "Why is this bad?" in one.out
+
+
+def test_an_unknown_rule_code_is_a_usage_error(cli):
+    _assert_clean_input_error(cli("rules", "LD999"), "no rule 'LD999'")
+
+
+def test_json_output_is_exactly_one_object_on_stdout(cli_subprocess, qwen3_tokenizer_dir):
+    result = cli_subprocess("check-dataset", DATA / "bad_one_record.jsonl",
+                            "--tokenizer", qwen3_tokenizer_dir, "--select", "LD100", "--json")
+    assert result.code == 0, result.err
+    data = json.loads(result.out)  # raises if stdout holds anything else
+    assert data["tool"] == "loradoctor" and data["command"] == "check-dataset"
+    lines = sorted(f["location"] for f in data["findings"] if f["code"] == "LD100")
+    assert lines == [f"{DATA / 'bad_one_record.jsonl'}:{n}" for n in (3, 5, 6)]
+    assert data["summary"]["records"] == 6 and data["summary"]["records_readable"] == 3
+    assert {c["status"] for c in data["checks"]} == {"warn"}
+
+
+def test_one_bad_record_among_many_is_a_finding_and_the_rest_is_still_checked(cli,
+                                                                           qwen3_tokenizer_dir):
+    result = cli("check-dataset", DATA / "bad_one_record.jsonl", "--tokenizer",
+                 qwen3_tokenizer_dir, "--select", "LD100")
+    assert result.code == 0
+    assert "bad_one_record.jsonl:3" in result.out and "3 of 6 records" in result.out
+
+
+@pytest.mark.parametrize("data,fragments", [
+    ("bad_json_line3.jsonl", ["bad_json_line3.jsonl:3", "not valid JSON"]),
+    ("bad_all_records.jsonl", ["bad_all_records.jsonl:1", "no conversation"]),
+    ("empty.jsonl", ["empty.jsonl", "holds no records"]),
+    ("missing.jsonl", ["missing.jsonl", "no such file"]),
+])
+def test_unreadable_data_files_exit_2_naming_the_file_and_line(cli, qwen3_tokenizer_dir, data,
+                                                               fragments):
+    _assert_clean_input_error(cli("check-dataset", DATA / data, "--tokenizer",
+                                  qwen3_tokenizer_dir), *fragments)
+
+
+def test_a_missing_tokenizer_directory_and_a_hub_id_exit_2(cli):
+    _assert_clean_input_error(cli("check-dataset", DATA / "persona.jsonl", "--tokenizer",
+                                  "/no/such/tokenizer"), "/no/such/tokenizer", "no such directory")
+    _assert_clean_input_error(cli("check-dataset", DATA / "persona.jsonl", "--tokenizer",
+                                  "Qwen/Qwen3-0.6B"), "never downloads from a hub")
+
+
+def test_a_tokenizer_without_a_chat_template_exits_2(cli, qwen3_tokenizer_dir, tmp_path):
+    plain = tmp_path / "no-template"
+    shutil.copytree(qwen3_tokenizer_dir, plain)
+    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    cfg = json.loads((plain / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (plain / "tokenizer_config.json").write_text(json.dumps(cfg))
+    _assert_clean_input_error(cli("check-dataset", DATA / "persona.jsonl", "--tokenizer", plain),
+                              str(plain), "has no chat template")
+
+
+@pytest.mark.parametrize("spec,fragments", [
+    (f"{PIPELINES / 'missing.py'}:LoRADataset", ["missing.py", "no such file"]),
+    (f"{PIPELINES / 'minimind_dataset.py'}:NoSuchClass", ["has no attribute 'NoSuchClass'"]),
+    (f"{BAD / 'import_raises.py'}:apply_lora", ["import_raises.py:4", "RuntimeError"]),
+])
+def test_a_dataset_spec_that_cannot_load_exits_2(cli, qwen3_tokenizer_dir, spec, fragments):
+    _assert_clean_input_error(cli("check-dataset", DATA / "persona.jsonl", "--tokenizer",
+                                  qwen3_tokenizer_dir, "--dataset", spec), *fragments)
+
+
+def test_an_apply_function_that_raises_exits_2_naming_its_line(cli, tiny_llama_dir):
+    _assert_clean_input_error(
+        cli("check-model", "--model", tiny_llama_dir, "--apply", f"{BAD / 'apply_raises.py'}:apply_lora"),
+        "apply_raises.py:5", "ValueError: rank 8 is not supported")
+
+
+def test_a_missing_model_directory_and_bad_apply_args_exit_2(cli, tiny_llama_dir):
+    _assert_clean_input_error(cli("check-model", "--model", "/no/such/model"), "no such directory")
+    _assert_clean_input_error(
+        cli("check-model", "--model", tiny_llama_dir, "--apply",
+            f"{PIPELINES / 'minimind_lora.py'}:apply_lora", "--apply-arg", "ranks=8"),
+        "unexpected keyword argument 'ranks'")
+    _assert_clean_input_error(cli("check-model", "--model", tiny_llama_dir, "--dtypes", "fp8"),
+                              "dtype 'fp8'")
+
+
+def test_verbose_shows_the_traceback_of_an_input_error(cli, tiny_llama_dir):
+    result = cli("check-model", "--model", tiny_llama_dir, "--apply",
+                 f"{BAD / 'apply_raises.py'}:apply_lora", "-v")
+    assert result.code == 2 and "Traceback" in result.err
+
+
+def test_bad_input_exits_2_through_the_real_process(cli_subprocess, qwen3_tokenizer_dir):
+    result = cli_subprocess("check-dataset", DATA / "bad_json_line3.jsonl", "--tokenizer",
+                            qwen3_tokenizer_dir)
+    _assert_clean_input_error(result, "bad_json_line3.jsonl:3")
+    assert result.out == ""
+
+
+def test_usage_errors_exit_2(cli_subprocess):
+    assert cli_subprocess("check-dataset").code == 2  # DATA and --tokenizer missing
+    assert cli_subprocess("no-such-command").code == 2
+
+
+def test_nothing_of_the_users_is_changed(cli, qwen3_tokenizer_dir, tiny_llama_dir, tmp_path):
+    data = tmp_path / "train.jsonl"
+    shutil.copy(DATA / "bad_one_record.jsonl", data)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, model)
+    code = tmp_path / "code"
+    code.mkdir()
+    for name in ("minimind_dataset.py", "minimind_lora.py"):
+        shutil.copy(PIPELINES / name, code / name)
+    before = (_tree_digest(data), _tree_digest(model), _tree_digest(code))
+    cli("check-dataset", data, "--tokenizer", qwen3_tokenizer_dir,
+        "--dataset", f"{code / 'minimind_dataset.py'}:LoRADataset")
+    cli("check-model", "--model", model, "--apply", f"{code / 'minimind_lora.py'}:apply_lora_default_args")
+    assert (_tree_digest(data), _tree_digest(model), _tree_digest(code)) == before
+    assert not (code / "__pycache__").exists()
