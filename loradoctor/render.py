@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import sys
 from typing import Iterable
 
@@ -29,8 +31,32 @@ STATUS_WORDS = {Status.PASS: "passed", Status.FAIL: "failed", Status.WARN: "warn
                 Status.SKIP: "skipped", Status.CRASH: "crashed"}
 
 
+class _StripTrailingSpaces:
+    """A file wrapper for piped output: rich pads wrapped lines with spaces; logs needn't."""
+
+    def __init__(self, file):
+        self._file = file
+
+    def write(self, text: str) -> int:
+        return self._file.write(_TRAILING.sub("\n", text))
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+_TRAILING = re.compile(r"[ ]+\n")
+
+
 def console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    con = Console(stderr=stderr, highlight=False, soft_wrap=False)
+    if not con.is_terminal:
+        stream = sys.stderr if stderr else sys.stdout
+        con = Console(file=_StripTrailingSpaces(stream), highlight=False, soft_wrap=False,
+                      width=None if "COLUMNS" in os.environ else 110)
+    return con
 
 
 def print_json(report: Report, version: str) -> None:
@@ -54,11 +80,11 @@ def print_report(report: Report, *, title: str, verbose: bool = False,
             line.append(f"  {result.summary}", style="dim" if result.status is Status.PASS else "")
         out.print(line)
         for f in result.findings:
-            out.print(Padding(_finding(f, verbose), (0, 0, 0, 5)))
+            out.print(_indent(_finding(f, verbose), 5))
         for view in result.views:
-            out.print(Padding(render_view(view), (0, 0, 0, 5)))
+            out.print(_indent(render_view(view), 5))
         if result.traceback and verbose:
-            out.print(Padding(Text(result.traceback.rstrip(), style="magenta"), (0, 0, 0, 5)))
+            out.print(_indent(Text(result.traceback.rstrip(), style="magenta"), 5))
     if skipped and not verbose:
         reasons: dict[str, list[str]] = {}
         for r in skipped:
@@ -71,21 +97,26 @@ def print_report(report: Report, *, title: str, verbose: bool = False,
 
 
 def _finding(f, verbose: bool) -> Group:
+    """severity code location message; fix and evidence indented under it."""
     head = Text()
-    head.append(f"{f.severity.value:<7} ", style=SEVERITY_STYLE[f.severity])
-    if f.code not in ("LD001",) and f.code:
+    head.append(f"{f.severity.value:<8}", style=SEVERITY_STYLE[f.severity])
+    if f.code != "LD001":
         head.append(f"{f.code} ", style="bold")
     if f.location:
         head.append(f"{f.location}  ", style="cyan")
     head.append(f.message)
     parts = [head]
     if f.fix:
-        parts.append(Text.assemble(("        fix: ", "green"), f.fix))
+        parts.append(_indent(Text.assemble(("fix: ", "green"), f.fix), 8))
     if verbose and f.evidence:
         ev = json.dumps(jsonable(f.evidence), ensure_ascii=False)
-        parts.append(Text("        evidence: " + (ev if len(ev) < 400 else ev[:400] + " ..."),
-                          style="dim"))
+        parts.append(_indent(Text("evidence: " + (ev if len(ev) < 400 else ev[:400] + " ..."),
+                                  style="dim"), 8))
     return Group(*parts)
+
+
+def _indent(renderable, left: int) -> Padding:
+    return Padding(renderable, (0, 0, 0, left), expand=False)
 
 
 def _summary_line(report: Report) -> Text:
@@ -104,7 +135,7 @@ def _summary_line(report: Report) -> Text:
         text.append("no problems found", style="bold green")
     statuses = [f"{c['checks_' + s.value]} {STATUS_WORDS[s]}" for s in Status
                 if c["checks_" + s.value]]
-    text.append(f" · {n_checks} checks: {', '.join(statuses)}")
+    text.append(f" · {n_checks} check{'s' if n_checks != 1 else ''}: {', '.join(statuses)}")
     code = report.exit_code
     text.append(f" · exit {code}", style="bold red" if code else "bold green")
     return text
