@@ -7,7 +7,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+from transformers.utils import logging as hf_logging  # noqa: E402
+
 from . import BUILDERS, cache_dir  # noqa: E402
+
+hf_logging.disable_progress_bar()  # the GGUF conversion's bar would flood CI logs
 
 print(f"loradoctor assets in {cache_dir()}")
 for name, build in BUILDERS.items():
