@@ -238,12 +238,21 @@ def _fmt_loss(v: float) -> Text:
 
 
 def print_rules(rules: Iterable[Rule], out: Console | None = None) -> None:
+    """Every rule, grouped by family, sorted by code: code, name, severity, one line."""
     out = out or console()
-    table = RichTable(box=None, pad_edge=False, show_header=True)
-    for col in ("code", "name", "family", "what it flags"):
-        table.add_column(col)
-    for r in rules:
-        table.add_row(Text(r.code, style="bold"), r.name, FAMILIES.get(r.family, ""), r.one_line)
+    table = RichTable(box=None, pad_edge=False, show_header=True, show_edge=False)
+    table.add_column("code", no_wrap=True)
+    table.add_column("name", no_wrap=True)
+    table.add_column("severity", no_wrap=True)
+    table.add_column("what it flags", ratio=1)
+    family = None
+    for r in sorted(rules, key=lambda r: r.code):
+        if r.family != family:
+            family = r.family
+            table.add_row(Text(f"{family}xx", style="bold underline"), "", "",
+                          Text(FAMILIES.get(family, ""), style="bold underline"))
+        table.add_row(Text(r.code, style="bold"), r.name,
+                      Text(r.severity.value, style=SEVERITY_STYLE[r.severity]), r.one_line)
     out.print(table)
 
 

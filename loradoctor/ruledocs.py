@@ -17,6 +17,7 @@ def _demote(doc: str) -> str:
 
 
 def render_markdown(rules: list[Rule] = ALL_RULES) -> str:
+    rules = sorted(rules, key=lambda r: r.code)
     lines = ["# Rules", "",
              "Generated from the rule docstrings by `python -m loradoctor.ruledocs`; "
              "`loradoctor rules CODE` prints the same text.", "",
