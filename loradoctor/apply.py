@@ -15,10 +15,11 @@ from .errors import InputError
 from .load import _where
 
 
-def apply_adapters(ctx):
+def apply_adapters(ctx, model=None):
+    """Run --apply/--peft on `model` (default: the context's base model, adapted in place)."""
     import torch.nn as nn
 
-    model = ctx.base_model
+    model = ctx.base_model if model is None else model
     if ctx.peft_kwargs is not None:
         return _apply_peft(model, ctx.peft_kwargs)
     fn = ctx.apply_fn

@@ -1,3 +1,191 @@
-"""persistence rules (stub: filled in by its issue)."""
+"""LD5xx: adapter persistence. Saving the adapters and loading them into a fresh copy, and
+merging `W + scaling * B @ A` into the base weights, must both give the model you trained.
 
-RULES = []
+Both rules read `measure.persistence`: the adapters' B (and a zero A) set to random values
+so neither check is trivial, logits and the adapter state taken from your model as you built
+it, then a fresh copy rebuilt from the model directory by your own apply code (or PEFT).
+"""
+
+from __future__ import annotations
+
+from ..findings import Severity
+from ..rules import Outcome, SkipCheck, rule
+
+MAX_NAMED = 4
+
+
+def _names(names: list[str]) -> str:
+    head = ", ".join(names[:MAX_NAMED])
+    return head + (f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else "")
+
+
+def _skip_if_broken(ps) -> None:
+    if ps.error:
+        raise SkipCheck(f"the adapted model's forward raises {ps.error} (see LD201/LD401)")
+
+
+@rule("LD501", "adapter-round-trip-mismatch", command="model", severity=Severity.ERROR)
+def adapter_round_trip_mismatch(ctx) -> Outcome:
+    """Saving the adapters and loading them into a fresh copy does not give the same model.
+
+    ## What it does
+    Sets every adapter's B to random values (and A, if zero), takes the logits of your model
+    on the probe batch, and saves the adapter tensors of its `state_dict` as safetensors.
+    Then loads the base model again from disk, applies your own LoRA code (or PEFT) to it,
+    loads the saved tensors by name and compares: every adapter must be restored and the
+    logits must match. When your apply module also defines `save_lora`/`load_lora` (or
+    `save_adapter`/`load_adapter`), that pair gets the same round trip. Calls to `torch.load`
+    without `weights_only=True` in your module are flagged as unsafe.
+
+    ## Why is this bad?
+    An adapter that is not in the `state_dict` (kept in a Python list or only in a closure),
+    a save filter that misses some keys (`".lora." in k` against `lora_A` names), or names that
+    differ between the training and the loading model all produce a checkpoint that loads
+    without an error and silently serves the untrained initialisation. Unpickling a `.pth`
+    with `weights_only=False` (the default before torch 2.6) runs arbitrary code from the
+    file.
+
+    ## Example
+    ```python
+    state = {k: v for k, v in model.state_dict().items() if ".lora." in k}   # misses lora_A
+    torch.save(state, path); model.load_state_dict(torch.load(path), strict=False)
+    ```
+
+    ## Use instead
+    ```python
+    from safetensors.torch import save_file, load_file
+    state = {k: v for k, v in model.state_dict().items() if "lora" in k}
+    save_file(state, path)
+    missing = set(state) - set(load_file(path)); assert not missing
+    ```
+    """
+    from ..measure import adapters_or_skip, persistence, unsafe_torch_loads
+    adapters = adapters_or_skip(ctx)
+    findings = []
+    for hit in unsafe_torch_loads(ctx):
+        findings.append(adapter_round_trip_mismatch.finding(
+            f"{hit['file']}:{hit['line']} loads with {hit['code'] or 'torch.load(...)'} "
+            + ("and weights_only=False" if hit["explicit_false"] else "without weights_only=True")
+            + ": unpickling a checkpoint can run arbitrary code (and did by default before "
+              "torch 2.6)", location=f"{hit['file']}:{hit['line']}", severity=Severity.WARNING,
+            evidence=hit, fix="save adapters with safetensors, or pass weights_only=True"))
+    ps = persistence(ctx)
+    _skip_if_broken(ps)
+    if ps.fresh_error:
+        findings.append(adapter_round_trip_mismatch.finding(
+            f"a fresh copy could not be built to load the adapters into: applying your code to "
+            f"the model loaded again from {ctx.model_dir} raised {ps.fresh_error}",
+            severity=Severity.WARNING, evidence={"error": ps.fresh_error},
+            fix="make the apply function work on any freshly loaded model (no global state)"))
+        return Outcome(findings, summary="round trip not measured: no fresh copy")
+    limit = ps.rtol * max(1.0, ps.logits_max_abs)
+    if ps.unregistered:
+        findings.append(adapter_round_trip_mismatch.finding(
+            f"{len(ps.unregistered)} of {len(adapters)} adapters are not in the model's "
+            f"state_dict ({_names(ps.unregistered)}): saving the state_dict drops them",
+            location=ps.unregistered[0], evidence={"modules": ps.unregistered},
+            fix="register the adapters as submodules (module.lora = lora, nn.ModuleList)"))
+    missing = [n for n in ps.not_restored if n not in ps.unregistered]
+    if missing:
+        findings.append(adapter_round_trip_mismatch.finding(
+            f"{len(missing)} of {len(adapters)} adapters are not restored by loading the saved "
+            f"state into a fresh copy ({_names(missing)})", location=missing[0],
+            evidence={"modules": missing, "unexpected_keys": ps.unexpected_keys[:20]},
+            fix="save and load every adapter tensor under the same names"))
+    if ps.roundtrip_diff is not None and ps.roundtrip_diff > limit:
+        findings.append(adapter_round_trip_mismatch.finding(
+            f"the fresh copy with the saved adapters loaded gives logits up to "
+            f"{ps.roundtrip_diff:.4g} away from yours (tolerance {limit:.1e})",
+            evidence={"max_abs_diff": ps.roundtrip_diff, "tolerance": limit},
+            fix="every tensor the adapted forward uses must be in the saved state"))
+    ur = ps.user_roundtrip
+    if ur is not None:
+        pair = f"{ur['save']}/{ur['load']}"
+        if ur.get("error"):
+            findings.append(adapter_round_trip_mismatch.finding(
+                f"your {pair} round trip fails: {ur['error']}", severity=Severity.WARNING,
+                evidence=ur, fix=f"make {pair} save and load the adapters of this model"))
+        elif ur.get("not_restored") or ur.get("diff", 0) > limit:
+            lost = ur.get("not_restored") or []
+            findings.append(adapter_round_trip_mismatch.finding(
+                f"your {pair} (beside the apply function) restores {len(adapters) - len(lost)} of "
+                f"{len(adapters)} adapters into a fresh copy (logits up to {ur['diff']:.4g} away): "
+                f"a checkpoint saved with it loses " + (_names(lost) if lost else "part of the "
+                                                        "adapter state"),
+                location=lost[0] if lost else None, severity=Severity.WARNING,
+                evidence={**ur, "tolerance": limit},
+                fix=f"make {ur['save']} keep every adapter tensor (filter on the real parameter "
+                    f"names)"))
+    diff = ps.roundtrip_diff
+    summary = (f"{ps.saved_keys} adapter tensors saved as safetensors; fresh copy restores "
+               f"{len(adapters) - len(ps.not_restored)} of {len(adapters)} adapters, logits "
+               f"max |diff| {diff:.2g}" if diff is not None else "round trip not measured")
+    if ur is not None and not ur.get("error"):
+        summary += f"; {ur['save']}/{ur['load']} max |diff| {ur.get('diff', float('nan')):.2g}"
+    return Outcome(findings, summary=summary)
+
+
+@rule("LD502", "merge-not-equivalent", command="model", severity=Severity.ERROR)
+def merge_not_equivalent(ctx) -> Outcome:
+    """Merging `W + scaling * B @ A` into the base weights does not reproduce the adapted model.
+
+    ## What it does
+    With B set to random values (so the check is not trivial), compares the logits of your
+    adapted model with those of a fresh copy whose base weights were merged as
+    `W + scaling * B @ A` (the scaling your modules declare, else the one measured) and whose
+    adapters were then zeroed. Names the layers whose adapter output is not `scaling * B @ A @ x`.
+
+    ## Why is this bad?
+    Deployment merges the adapters into the base weights; every export tool assumes the
+    adapter is exactly the linear map `scaling * B @ A`. A bias in A or B, a nonlinearity
+    between them, a dropout left active or a scaling applied twice all train a model that the
+    merge cannot reproduce, so the model you ship is not the one you evaluated.
+
+    ## Example
+    ```python
+    self.A = nn.Linear(in_features, rank)          # bias=True by default: B @ (A x + a)
+    ```
+
+    ## Use instead
+    ```python
+    self.A = nn.Linear(in_features, rank, bias=False)
+    self.B = nn.Linear(rank, out_features, bias=False)
+    ```
+    """
+    from ..measure import adapters_or_skip, module_probe, persistence
+    adapters_or_skip(ctx, linear_only=True)
+    ps = persistence(ctx)
+    _skip_if_broken(ps)
+    if ps.fresh_error:
+        raise SkipCheck(f"no fresh copy to merge into: {ps.fresh_error} (see LD501)")
+    if ps.merge_error:
+        return Outcome([merge_not_equivalent.finding(
+            f"merging W + scaling * B @ A into the base weights failed: {ps.merge_error}",
+            evidence={"error": ps.merge_error}, severity=Severity.WARNING)],
+            summary="merge not measured")
+    limit = ps.merge_rtol * max(1.0, ps.logits_max_abs)
+    diff = ps.merge_diff
+    source = ps.merge_scaling_source
+    if diff is not None and diff > limit:
+        odd = [v for v in module_probe(ctx).verdicts if v.status in ("unexplained", "no-delta")]
+        where = ""
+        if odd:
+            v = odd[0]
+            where = (f"; {v.adapter.name}'s output is not F.linear + s * B @ A @ x "
+                     f"(relative residual {v.residual:.2g}): a bias in A or B, or something "
+                     f"between them" if v.status == "unexplained" else
+                     f"; {v.adapter.name} never adds its adapter (LD204)")
+        return Outcome([merge_not_equivalent.finding(
+            f"merging W + scaling * B @ A ({source} scaling) into the base weights gives logits "
+            f"up to {diff:.4g} away from the unmerged model (tolerance {limit:.1e}){where}",
+            location=odd[0].adapter.name if odd else None,
+            evidence={"max_abs_diff": diff, "tolerance": limit, "scaling_source": source,
+                      "modules": [v.adapter.name for v in odd[:50]]},
+            fix="make the adapter exactly scaling * B(A(x)): bias=False in A and B, nothing "
+                "between them, scaling applied once")],
+            summary=f"merged vs unmerged logits max |diff| {diff:.4g} > {limit:.1e}")
+    return Outcome(summary=f"merged W + scaling * B @ A ({source} scaling) matches the unmerged "
+                           f"model (logits max |diff| {diff:.2g} <= {limit:.1e})")
+
+
+RULES = [adapter_round_trip_mismatch, merge_not_equivalent]

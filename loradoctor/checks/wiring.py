@@ -1,3 +1,546 @@
-"""wiring rules (stub: filled in by its issue)."""
+"""LD2xx: adapter wiring. Which layer's weights and which adapter each patched forward really
+uses, class-level patches, double patches, adapters never called, and coverage.
 
-RULES = []
+Every rule here reads the same two measurements (`measure.discovery`, `measure.module_probe`):
+the adapters found in the adapted model, and each adapted layer called on its own with every
+adapter's factors set to distinct random values. Static evidence (what a patched forward's
+closure cells, defaults and partial arguments hold) and behavioural evidence (what the layer
+computes) are both reported.
+"""
+
+from __future__ import annotations
+
+from ..findings import Severity, Table
+from ..rules import Outcome, SkipCheck, rule
+
+# torch and the measurements are imported inside the checks: importing the registry (for
+# `loradoctor rules`, check-dataset) must stay light.
+
+MAX_LISTED = 8         # findings listed one by one; the rest are counted in one finding
+MAX_TABLE_ROWS = 20    # rows of the aliasing table
+BIND_FIX = ("bind the loop values when you patch: def forward(x, original_forward=module.forward, "
+            "lora=lora), a factory function, functools.partial, or a wrapper module")
+
+
+def _shape(width: int) -> str:
+    from ..measure import PROBE_SHAPE
+    return f"({', '.join(map(str, (*PROBE_SHAPE, width)))})"
+
+
+def _static_text(v) -> str:
+    parts = {}
+    for via, kind, name in v.static_refs:
+        where, _, var = via.rpartition(" ")
+        target = f"{name}.forward" if kind == "forward" else f"{name}'s adapter"
+        parts.setdefault(where or via, []).append(f"{var} = {target}")
+    fn = v.adapter.host.__dict__.get("forward")
+    what = getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", None) \
+        or type(fn).__name__
+    holds = {"closure variable": "closure holds", "default argument": "defaults bind",
+             "partial argument": "partial binds"}
+    return "; ".join(f"{what}'s {holds.get(k, 'references hold')} {', '.join(p)}"
+                     for k, p in parts.items())
+
+
+def _behaviour_text(v) -> str:
+    own = v.adapter
+    runs = _runs_text(v)
+    if v.status == "crash" or v.ran_at_width is not None:
+        text = f"on a {_shape(own.in_features)} input it raises {v.error}"
+        if v.ran_at_width is not None and runs:
+            text += f"; on a {_shape(v.ran_at_width)} input it returns exactly {runs}"
+        return text
+    if v.status == "aliased":
+        return f"on a {_shape(own.in_features)} input it returns exactly {runs}, not its own output"
+    if v.status == "ok":
+        return f"on a {_shape(own.in_features)} input it still computes its own weight and " \
+               f"adapter, so the reference is not used"
+    return f"on a {_shape(own.in_features)} input its output is {v.status}"
+
+
+def _runs_text(v) -> str:
+    fwd = v.forward_of
+    adp = v.adapter_of
+    if fwd is None and adp is None:
+        return ""
+    weight = f"{fwd}'s output" if fwd else "its own output"
+    if adp == "":
+        return f"{weight} with no adapter"
+    if adp is None:
+        return f"{weight} plus its own adapter"
+    if adp == fwd:
+        return f"{weight} plus that layer's adapter"
+    return f"{weight} plus the adapter of {adp}"
+
+
+def _target(v) -> tuple[str | None, str | None]:
+    """(whose forward it runs, whose adapter it adds): behaviour first, static as fallback."""
+    fwd = v.forward_of or next(iter(v.static_forward_of), None)
+    adp = v.adapter_of if v.adapter_of else next(iter(v.static_adapter_of), None)
+    return fwd, adp
+
+
+@rule("LD201", "closure-aliased-forward", command="model", severity=Severity.ERROR)
+def closure_aliased_forward(ctx) -> Outcome:
+    """A patched layer computes with another layer's weights or adapter (late-bound closure).
+
+    ## What it does
+    For every adapted layer, reads what its patched `forward` holds (closure cells, default
+    arguments, `functools.partial` arguments, bound methods) and flags references to another
+    layer's forward or adapter. Then calls the layer on its own with an input of its own width,
+    with every adapter set to distinct random values, and compares the output with
+    `F.linear(x, own weight, own bias) + own adapter(x)`; when it does not match, it finds the
+    layer and adapter that do explain the output (trying other widths when the call crashes).
+    The message names both layers, e.g. `model.layers.0.self_attn.q_proj runs the forward of
+    model.layers.1.mlp.down_proj`. A shape crash of the whole model caused by this is
+    explained here rather than shown as a crash.
+
+    ## Why is this bad?
+    Python closures capture variables, not values. A `forward_with_lora` defined in a loop
+    looks up `original_forward` and `lora` when it is called, after the loop has ended: every
+    patched layer runs the *last* layer's weights and adapter. With different shapes the model
+    crashes deep in attention with a matmul shape error; with equal shapes it runs and
+    silently trains garbage.
+
+    ## Example
+    ```python
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            lora = LoRA(module.in_features, module.out_features, rank)
+            module.lora = lora
+            original_forward = module.forward
+            def forward_with_lora(x):
+                return original_forward(x) + lora(x)   # late binding
+            module.forward = forward_with_lora
+    ```
+
+    ## Use instead
+    ```python
+            def forward_with_lora(x, original_forward=module.forward, lora=lora):
+                return original_forward(x) + lora(x)
+            module.forward = forward_with_lora
+    ```
+    or a factory function, `functools.partial(fn, module.forward, lora)`, or a wrapper module.
+    """
+    from ..measure import adapted_forward, adapters_or_skip, module_probe
+    adapters_or_skip(ctx, linear_only=True)
+    verdicts = module_probe(ctx).verdicts
+    bad = [v for v in verdicts if v.aliased or v.status == "crash"]
+    findings, rows = [], []
+    explained: dict[tuple, str] = {}
+    for v in bad:
+        fwd, adp = _target(v)
+        confirmed = v.status in ("aliased", "crash")
+        static = _static_text(v) if v.static_refs else None
+        behaviour = _behaviour_text(v)
+        if fwd or adp:
+            head = f"{v.adapter.name} runs the forward of {fwd}" if fwd else \
+                f"{v.adapter.name} adds the adapter of {adp}"
+            if fwd and adp:
+                head += " and its adapter" if adp == fwd else f" and adds the adapter of {adp}"
+        else:
+            head = f"{v.adapter.name} does not compute its own layer"
+        evidence_parts = [f"Statically: {static}" if static else "Statically: nothing "
+                          "(the forward does not hold the other layer itself)",
+                          f"Behaviourally: {behaviour}"]
+        # Layers aliased the same way as one already explained get a one-line message.
+        signature = (fwd, adp, tuple(via for via, _, _ in v.static_refs), v.status,
+                     v.ran_at_width is not None)
+        if signature in explained:
+            same_as = explained[signature]
+            how = "raises the same error on its own width" if v.status == "crash" or \
+                v.ran_at_width is not None else "returns that layer's output"
+            text = f"{head} (the same closure as {same_as}; {how})"
+        else:
+            explained[signature] = v.adapter.name
+            text = f"{head}. {'. '.join(evidence_parts)}"
+        severity = Severity.ERROR if confirmed else Severity.WARNING
+        findings.append(closure_aliased_forward.finding(
+            text,
+            location=v.adapter.name, severity=severity, fix=BIND_FIX,
+            evidence={"module": v.adapter.name, "forward_of": fwd, "adapter_of": adp,
+                      "static": [{"via": via, "kind": k, "target": n} for via, k, n in v.static_refs],
+                      "behaviour": {"status": v.status, "width": v.width, "error": v.error,
+                                    "ran_at_width": v.ran_at_width, "residual": v.residual}}))
+        rows.append([v.adapter.name, fwd or "(own)", (adp or "(own)") if adp != "" else "(none)",
+                     " + ".join(x for x, on in (("closure", bool(static)),
+                                                ("crash" if v.status == "crash" or v.ran_at_width
+                                                 else "output", confirmed)) if on)])
+    targets = sorted({_target(v)[0] or "" for v in bad} - {""})
+    fwd_error = None
+    if bad and any(v.status in ("crash",) or v.ran_at_width for v in bad):
+        fwd_error = adapted_forward(ctx).error
+    if fwd_error and findings:
+        findings[0].message += f". The adapted model's forward fails because of this: {fwd_error}"
+        findings[0].evidence["model_forward_error"] = fwd_error
+    shown = findings[:MAX_LISTED]
+    if len(findings) > MAX_LISTED:
+        rest = findings[MAX_LISTED:]
+        shown.append(closure_aliased_forward.finding(
+            f"{len(rest)} more layers compute with another layer's weights or adapter: "
+            + ", ".join(f.location for f in rest[:6]) + (" ..." if len(rest) > 6 else ""),
+            location=rest[0].location, fix=BIND_FIX,
+            severity=max((f.severity for f in rest), key=_rank),
+            evidence={"modules": [f.location for f in rest]}))
+    views = []
+    if rows:
+        more = len(rows) - MAX_TABLE_ROWS
+        rows = rows[:MAX_TABLE_ROWS] + ([[f"... {more} more", "", "", ""]] if more > 0 else [])
+        views.append(Table("aliasing pairs: the layer, and whose weights and adapter it really uses",
+                           ["layer", "runs the forward of", "adds the adapter of", "seen in"], rows))
+    n = len(verdicts)
+    if bad:
+        summary = f"{len(bad)} of {n} adapted layers compute with another layer's weights or " \
+                  f"adapter" + (f" (all with {targets[0]})" if len(targets) == 1 else "")
+    else:
+        summary = f"each of {n} adapted layers computes its own weight plus its own adapter"
+    return Outcome(shown, summary=summary, views=views)
+
+
+def _rank(sev: Severity) -> int:
+    return {Severity.INFO: 0, Severity.WARNING: 1, Severity.ERROR: 2}[sev]
+
+
+@rule("LD202", "forward-patched-on-class", command="model", severity=Severity.ERROR)
+def forward_patched_on_class(ctx) -> Outcome:
+    """A layer class's `forward` was replaced, so every instance of the class runs the patch.
+
+    ## What it does
+    Looks at the class of every module in the adapted model and flags a `forward` that was
+    assigned from outside the class body (`nn.Linear.forward = f`, `type(module).forward = f`),
+    counting the instances in the model that now run it, adapted or not.
+
+    ## Why is this bad?
+    A class attribute is shared by every instance: the output head, layers you meant to leave
+    alone, other models in the same process (a reference copy, an evaluation model), all run
+    the patched function. Done in a loop it also aliases every layer to the last one patched.
+
+    ## Example
+    ```python
+    type(module).forward = forward_with_lora          # nn.Linear.forward, for every Linear
+    ```
+
+    ## Use instead
+    ```python
+    module.forward = forward_with_lora                # this instance only (bind loop values)
+    ```
+    or replace the layer with a wrapper module.
+    """
+    from ..measure import adapters_or_skip, discovery
+    disc = discovery(ctx)
+    if not disc.adapters and not disc.class_patched:
+        adapters_or_skip(ctx)
+    hosts = {id(a.host) for a in disc.adapters}
+    for a in disc.adapters:  # the adapters' own A/B linears are not "layers without an adapter"
+        if a.owner is not None:
+            hosts |= {id(m) for m in a.owner.modules() if m is not a.base}
+    findings = []
+    model = ctx.adapted
+    for info in disc.class_patched:
+        cls_name = info["class"]
+        instances = [(n, m) for n, m in model.named_modules()
+                     if f"{type(m).__module__}.{type(m).__qualname__}" == cls_name
+                     or any(f"{k.__module__}.{k.__qualname__}" == cls_name for k in type(m).__mro__)]
+        plain = [n for n, m in instances if id(m) not in hosts]
+        msg = (f"{cls_name}.forward is replaced on the class by {info['function']} "
+               f"({info['file']}:{info['line']}): all {len(instances)} instances in the model run it")
+        if plain:
+            msg += f", including {len(plain)} without an adapter (e.g. {plain[0]})"
+        msg += ", and so does every other instance in the process"
+        findings.append(forward_patched_on_class.finding(
+            msg, location=cls_name,
+            evidence={**info, "instances_in_model": len(instances), "without_adapter": plain[:20]},
+            fix="patch the instance (module.forward = ..., loop values bound) or replace the "
+                "layer with a wrapper module"))
+    patched = sum("forward" in a.host.__dict__ for a in disc.adapters)
+    summary = (f"{len(findings)} class forward(s) replaced" if findings else
+               f"no class forward replaced; {patched} layers patched per instance" if patched
+               else "no class forward replaced; the adapters run in their modules' own forward")
+    return Outcome(findings, summary=summary)
+
+
+@rule("LD203", "module-patched-twice", command="model", severity=Severity.ERROR)
+def module_patched_twice(ctx) -> Outcome:
+    """A layer is patched twice (two adapters stacked) or its patched forward calls itself.
+
+    ## What it does
+    Counts the nested patched functions in each adapted layer's `forward` (a patch of a
+    patch), flags wrappers around wrappers and layers adapted twice, and calls each layer on
+    its own to catch a forward that recurses into itself (`RecursionError`).
+
+    ## Why is this bad?
+    Running `apply_lora` twice (a notebook cell run again, a resume path that re-applies) adds
+    two adapters to each layer; the first one is usually no longer registered, so it is not
+    trained or saved but still changes the output. A patched forward that calls
+    `module.forward` (or `module(x)`) looks itself up at call time and recurses until Python
+    gives up.
+
+    ## Example
+    ```python
+    apply_lora(model); apply_lora(model)        # each layer now adds two adapters
+    def forward_with_lora(x, module=module):
+        return module.forward(x) + lora(x)      # module.forward is this function: recursion
+    ```
+
+    ## Use instead
+    ```python
+    if not hasattr(module, "lora"):             # apply once
+        ...
+    def forward_with_lora(x, original_forward=module.forward, lora=lora):
+        return original_forward(x) + lora(x)    # the forward as it was before the patch
+    ```
+    """
+    from ..measure import adapters_or_skip, module_probe
+    adapters = adapters_or_skip(ctx)
+    verdicts = {id(v.adapter): v for v in module_probe(ctx).verdicts}
+    findings = []
+    fix = "apply the adapters once, and call the forward saved before patching, not module.forward"
+    names: dict[str, int] = {}
+    for a in adapters:
+        names[a.name] = names.get(a.name, 0) + 1
+    for a in adapters:
+        v = verdicts.get(id(a))
+        if v is not None and v.status == "recursion":
+            hint = " (it looks up .forward at call time)" if v.names_forward else ""
+            findings.append(module_patched_twice.finding(
+                f"calling {a.name} recurses until {v.error}: its patched forward calls the "
+                f"module's current forward, which is itself{hint}", location=a.name, fix=fix,
+                evidence={"module": a.name, "error": v.error}))
+        elif v is not None and v.levels >= 2:
+            s = v.measured_scaling
+            extra = f"; its output adds {s / a.declared_scaling:.1f} times the declared " \
+                    f"update" if s and a.declared_scaling else ""
+            findings.append(module_patched_twice.finding(
+                f"{a.name}'s forward is patched {v.levels} times: it wraps a forward that was "
+                f"already patched, so {v.levels} adapter updates are added{extra}",
+                location=a.name, fix=fix, evidence={"module": a.name, "levels": v.levels}))
+        elif a.nested:
+            findings.append(module_patched_twice.finding(
+                f"{a.name} is wrapped twice: its base layer {a.base_name} sits inside another "
+                f"adapter wrapper, so two adapters are stacked on one layer",
+                location=a.name, fix=fix, evidence={"module": a.name, "base": a.base_name}))
+    seen = set()
+    for name, count in names.items():
+        if count > 1 and name not in seen and not any(f.location == name for f in findings):
+            seen.add(name)
+            findings.append(module_patched_twice.finding(
+                f"{name} carries {count} adapters", location=name, fix=fix,
+                evidence={"module": name, "adapters": count}))
+    shown = findings[:MAX_LISTED]
+    if len(findings) > MAX_LISTED:
+        rest = findings[MAX_LISTED:]
+        shown.append(module_patched_twice.finding(
+            f"{len(rest)} more layers are patched twice or recurse: "
+            + ", ".join(f.location for f in rest[:6]) + (" ..." if len(rest) > 6 else ""),
+            location=rest[0].location, fix=fix, evidence={"modules": [f.location for f in rest]}))
+    summary = (f"{len(findings)} of {len(adapters)} adapted layers are patched twice or recurse"
+               if findings else f"each of {len(adapters)} adapted layers is adapted once")
+    return Outcome(shown, summary=summary)
+
+
+@rule("LD204", "adapter-never-called", command="model", severity=Severity.ERROR)
+def adapter_never_called(ctx) -> Outcome:
+    """An adapter is attached to a layer but the layer's forward never calls it.
+
+    ## What it does
+    Sets every adapter's factors to random values and calls each adapted layer on its own: a
+    layer whose output is still exactly `F.linear(x, weight, bias)` never used its adapter.
+
+    ## Why is this bad?
+    The adapter is outside the computation graph, so it gets no gradient: training runs,
+    the loss moves only through whatever else is trainable, and the saved adapter is the
+    initialisation. Typical causes: `module.lora = LoRA(...)` without patching the forward, a
+    patched forward that returns `original_forward(x)` alone, or an adapter applied to a copy
+    of the layer rather than the layer in the model.
+
+    ## Example
+    ```python
+    module.lora = LoRA(module.in_features, module.out_features, rank)   # attached ...
+    # ... but module.forward is never replaced
+    ```
+
+    ## Use instead
+    ```python
+    module.lora = lora
+    module.forward = lambda x, f=module.forward, lora=lora: f(x) + lora(x)
+    ```
+    """
+    from ..measure import adapters_or_skip, module_probe
+    adapters_or_skip(ctx, linear_only=True)
+    verdicts = module_probe(ctx).verdicts
+    dead = [v for v in verdicts if v.status == "no-delta"
+            and v.adapter.declared_scaling != 0 and not v.aliased]
+    findings = []
+    for v in dead[:MAX_LISTED]:
+        a = v.adapter
+        how = "its forward is not patched" if not v.patched and a.style == "attached" else \
+            "its forward does not add the adapter's output"
+        findings.append(adapter_never_called.finding(
+            f"{a.name}'s output is exactly F.linear(x, weight, bias) with its adapter "
+            f"{a.owner_name or a.A_name} (r={a.rank}) set to random values: {how}, so the "
+            f"adapter gets no gradient", location=a.name,
+            evidence={"module": a.name, "patched": v.patched, "style": a.style,
+                      "relative_delta": v.residual},
+            fix="make the layer's forward return original_forward(x) + lora(x)"))
+    if len(dead) > MAX_LISTED:
+        rest = dead[MAX_LISTED:]
+        findings.append(adapter_never_called.finding(
+            f"{len(rest)} more layers never call their adapter: "
+            + ", ".join(v.adapter.name for v in rest[:6]) + (" ..." if len(rest) > 6 else ""),
+            location=rest[0].adapter.name, evidence={"modules": [v.adapter.name for v in rest]},
+            fix="make the layer's forward return original_forward(x) + lora(x)"))
+    summary = (f"{len(dead)} of {len(verdicts)} adapted layers never call their adapter"
+               if dead else f"each of {len(verdicts)} adapted layers adds its adapter's output")
+    return Outcome(findings, summary=summary)
+
+
+@rule("LD210", "uneven-adapter-coverage", command="model", severity=Severity.WARNING)
+def uneven_adapter_coverage(ctx) -> Outcome:
+    """Adapters cover the layers unevenly, the output head or embeddings, or the base is not frozen.
+
+    ## What it does
+    Builds a table of which linear layers carry an adapter, by kind (q/k/v/o, gate/up/down,
+    others) and by layer. Flags a kind adapted in some layers but not others, a model where
+    no adapter was found although adapter code was given, adapters on `lm_head` or the
+    embeddings, and trainable parameters outside the adapters (the base not frozen), with the
+    trainable count and percentage.
+
+    ## Why is this bad?
+    Target-module patterns fail silently: a regex that matches `layers.1` but not
+    `layers.10`, a name that exists only in some blocks, or an `isinstance` check that misses
+    a fused layer leave part of the model without adapters. An adapted output head is large
+    and changes every token's logits. A base that is not frozen turns LoRA into a full
+    fine-tune with the memory bill and forgetting that come with it.
+
+    ## Example
+    ```python
+    target_modules = ["layers.0.self_attn.q_proj", "layers.1.self_attn.q_proj"]  # 2 of 30
+    ```
+
+    ## Use instead
+    ```python
+    target_modules = ["q_proj", "k_proj", "v_proj", "o_proj"]   # every block
+    for p in model.parameters(): p.requires_grad = False         # then add the adapters
+    ```
+    """
+    from ..adapters import KIND_ORDER, kind_of, layer_of
+    from ..measure import discovery
+    disc = discovery(ctx)
+    model = ctx.adapted
+    if not disc.adapters:
+        if ctx.apply_spec is None and ctx.peft_kwargs is None:
+            raise SkipCheck("no adapter code given (--apply SPEC or --peft ...)")
+        n_lin = len(disc.linears)
+        return Outcome([uneven_adapter_coverage.finding(
+            f"no adapter found: none of the {n_lin} linear layers carries a low-rank pair "
+            f"(A (r, in) and B (out, r)) after {ctx.apply_spec or 'peft'} ran",
+            severity=Severity.ERROR, evidence={"linear_layers": n_lin},
+            fix="check that the apply function attaches adapters to the model it receives "
+                "(or returns the adapted model)")],
+            summary=f"0 of {n_lin} linear layers adapted")
+    adapted = {a.name for a in disc.adapters}
+    findings = []
+    # Coverage by kind and layer.
+    cells: dict[int | None, dict[str, bool]] = {}
+    for name in disc.linears:
+        layer, kind = layer_of(name), kind_of(name)
+        row = cells.setdefault(layer, {})
+        row[kind] = row.get(kind, False) or name in adapted
+    for a in disc.adapters:  # adapters on layers that are not linear (embeddings)
+        if a.layer_type != "linear":
+            cells.setdefault(layer_of(a.name), {})["embedding"] = True
+    kinds = [k for k in [*KIND_ORDER, "embedding"] if any(k in r for r in cells.values())]
+    layers = sorted((k for k in cells if k is not None))
+    groups: dict[tuple, list[str]] = {}  # kinds with the same gaps are reported together
+    for kind in kinds:
+        present = [layer for layer in layers if kind in cells[layer]]
+        have = [layer for layer in present if cells[layer][kind]]
+        if have and len(have) < len(present):
+            missing = [layer for layer in present if not cells[layer][kind]]
+            groups.setdefault((len(present), tuple(have), tuple(missing)), []).append(kind)
+    for (n_present, have, missing), group in groups.items():
+        findings.append(uneven_adapter_coverage.finding(
+            f"{', '.join(group)} layers are adapted in {len(have)} of {n_present} layers "
+            f"(not in {_ranges(list(missing))})", location=f"{group[0]} projections",
+            evidence={"kinds": group, "adapted_layers": list(have), "missing_layers": list(missing)},
+            fix="match the target modules by their short name (q_proj) so every block "
+                "gets one"))
+    head = [a for a in disc.adapters if kind_of(a.name) == "lm_head"]
+    if head:
+        findings.append(uneven_adapter_coverage.finding(
+            f"the output head {head[0].name} is adapted (r={head[0].rank}, "
+            f"{head[0].A.numel() + head[0].B.numel():,} parameters): every token's logits move "
+            f"with it", location=head[0].name, evidence={"module": head[0].name},
+            fix="leave lm_head out of the target modules unless you mean to train it"))
+    emb = [a for a in disc.adapters if a.layer_type == "embedding"]
+    if emb:
+        findings.append(uneven_adapter_coverage.finding(
+            f"the embeddings {emb[0].name} are adapted", location=emb[0].name,
+            evidence={"modules": [a.name for a in emb]},
+            fix="leave the embeddings out of the target modules unless you mean to train them"))
+    # Trainable parameters.
+    adapter_ids = disc.adapter_param_ids()
+    total = trainable = outside = 0
+    outside_names = []
+    for n, p in model.named_parameters():
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+            if id(p) not in adapter_ids:
+                outside += p.numel()
+                outside_names.append(n)
+    pct = 100.0 * trainable / total if total else 0.0
+    if outside:
+        findings.append(uneven_adapter_coverage.finding(
+            f"{outside:,} trainable parameters are outside the adapters ({len(outside_names)} "
+            f"tensors, e.g. {outside_names[0]}): the base is not frozen, so {pct:.2f}% of the "
+            f"model trains", location=outside_names[0],
+            evidence={"trainable": trainable, "total": total, "outside_adapters": outside,
+                      "tensors": outside_names[:50]},
+            fix="freeze the base (p.requires_grad = False for every parameter) before "
+                "attaching the adapters"))
+    ctx.summary.update({"adapters": len(disc.adapters), "linear_layers": len(disc.linears),
+                        "trainable_parameters": trainable, "trainable_percent": round(pct, 4)})
+    n_adapted = sum(1 for n in disc.linears if n in adapted)
+    summary = (f"{n_adapted} of {len(disc.linears)} linear layers adapted; {trainable:,} of "
+               f"{total:,} parameters trainable ({pct:.2f}%)")
+    return Outcome(findings, summary=summary, views=[_coverage_table(cells, kinds, layers)])
+
+
+def _coverage_table(cells, kinds, layers) -> Table:
+    """One row per run of layers with the same coverage; ✓ adapted, · not, blank: no such layer."""
+    rows = []
+    def row_of(layer):
+        return [cells[layer].get(k, "") if k in cells[layer] else "" for k in kinds]
+    start = None
+    for i, layer in enumerate(layers):
+        if start is None:
+            start = i
+        last = i == len(layers) - 1
+        if last or row_of(layers[i + 1]) != row_of(layer):
+            label = str(layers[start]) if start == i else f"{layers[start]}-{layer}"
+            rows.append([label, *row_of(layer)])
+            start = None
+    if None in cells:
+        rows.append(["outside layers", *[cells[None].get(k, "") if k in cells[None] else ""
+                                         for k in kinds]])
+    return Table("adapter coverage (✓ adapted, · not adapted)", ["layers", *kinds], rows)
+
+
+def _ranges(values: list[int]) -> str:
+    out, start, prev = [], None, None
+    for v in values:
+        if start is None:
+            start = prev = v
+        elif v == prev + 1:
+            prev = v
+        else:
+            out.append(str(start) if start == prev else f"{start}-{prev}")
+            start = prev = v
+    if start is not None:
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+    return "layers " + ", ".join(out)
+
+
+RULES = [closure_aliased_forward, forward_patched_on_class, module_patched_twice,
+         adapter_never_called, uneven_adapter_coverage]
