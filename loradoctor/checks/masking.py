@@ -1,3 +1,865 @@
-"""masking rules (stub: filled in by its issue)."""
+"""LD101-LD114: label masking checked against the truth the chat template gives.
 
-RULES = []
+Every rule reads one shared pass (`masking.analysis.analysis`, computed once per run): the
+oracle's scan of the data file and, with `--dataset`, the user's samples compared with the
+oracle position by position. Rules that only make sense with the user's code skip without it;
+the others measure the data and tokenizer alone.
+"""
+
+from __future__ import annotations
+
+from ..findings import Severity
+from ..masking.analysis import Analysis, analysis
+from ..masking.scan import Lines
+from ..rules import Outcome, SkipCheck, rule
+
+LINES_IN_MESSAGE = 6  # line numbers spelled out in a message; evidence holds up to 1000
+
+TEMPLATE_FIX = ("find assistant spans from the chat template (its rendered text and offsets, or "
+                "its {% generation %} mask), not from a marker built by hand")
+
+
+def _lines(lines: Lines) -> str:
+    """`lines 3, 7, 9-12 and 40 more`: ranges compressed, the rest counted."""
+    shown, runs = lines.lines[:LINES_IN_MESSAGE * 4], []
+    for n in shown:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    parts = [f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:LINES_IN_MESSAGE]]
+    listed = sum(b - a + 1 for a, b in runs[:LINES_IN_MESSAGE])
+    more = lines.count - listed
+    word = "line" if listed == 1 else "lines"
+    return f"{word} {', '.join(parts)}" + (f" and {more} more" if more > 0 else "")
+
+
+def _n(count: int, noun: str) -> str:
+    """`1 sample`, `3 samples`."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _evidence(lines: Lines, **extra) -> dict:
+    return {"count": lines.count, "lines": lines.lines, **extra}
+
+
+def _needs_dataset(a: Analysis):
+    if a.comparison is None:
+        raise SkipCheck("needs --dataset (your dataset class or labelling function)")
+    return a.comparison
+
+
+def _views(a: Analysis, code: str) -> list:
+    return list(a.comparison.views.get(code, [])) if a.comparison is not None else []
+
+
+@rule("LD101", "no-supervised-tokens", command="dataset", severity=Severity.ERROR)
+def no_supervised_tokens(ctx) -> Outcome:
+    """A sample has no supervised token: every label is -100.
+
+    ## What it does
+    With `--dataset`, asks your dataset class or labelling function for every sample and counts
+    the samples whose labels are all -100. Without it, counts the conversations that have no
+    assistant turn at all, so that nothing could be supervised. Reports how many and which
+    lines, with a token view of the first few.
+
+    ## Why is this bad?
+    The mean cross-entropy over zero tokens is 0/0: the loss is NaN from the first step (and
+    the optimizer turns every weight it touches into NaN), or the trainer silently drops the
+    sample. The classic cause is a marker search that never matches, for example a marker built
+    from `tokenizer.bos_token`, which is None for Qwen tokenizers.
+
+    ## Example
+    ```python
+    marker = tokenizer(f"{tokenizer.bos_token}assistant\\n").input_ids  # "Noneassistant\\n"
+    labels = [-100] * len(input_ids)  # the marker is never found: nothing is unmasked
+    ```
+
+    ## Use instead
+    ```python
+    marker = tokenizer("<|im_start|>assistant\\n", add_special_tokens=False).input_ids
+    ```
+    """
+    a = analysis(ctx)
+    c = a.comparison
+    rule_ = no_supervised_tokens
+    if c is not None:
+        bad = c.no_supervised
+        findings = []
+        if bad:
+            findings.append(rule_.finding(
+                f"{bad.count} of {_n(c.samples, 'sample')} have no supervised token (every label is "
+                f"-100), so their loss is NaN or they are silently dropped: {_lines(bad)}",
+                location=a.location(bad.lines[0]),
+                evidence=_evidence(bad, samples=c.samples), fix=TEMPLATE_FIX))
+        return Outcome(findings, views=_views(a, "LD101"),
+                       summary=f"{c.samples - bad.count} of {c.samples} samples supervise at "
+                               f"least one token")
+    s = a.stats
+    bad = s.no_assistant
+    findings = []
+    if bad:
+        findings.append(rule_.finding(
+            f"{bad.count} of {_n(s.rendered, 'conversation')} have no assistant turn, so nothing in "
+            f"them can be supervised (NaN loss or a dropped sample): {_lines(bad)}",
+            location=a.location(bad.lines[0]), evidence=_evidence(bad, conversations=s.rendered),
+            fix="end every conversation with an assistant reply, or drop these records"))
+    return Outcome(findings, summary=f"{s.assistant_tokens} assistant tokens in {s.turns} turns "
+                                     f"of {s.rendered} conversations")
+
+
+@rule("LD102", "marker-from-missing-special-token", command="dataset", severity=Severity.ERROR)
+def marker_from_missing_special_token(ctx) -> Outcome:
+    """An assistant marker is built from a special token the tokenizer does not have (None).
+
+    ## What it does
+    Reads the token lists your dataset instance keeps (such as `self.bos_id`) and decodes
+    them, and reads your code's source for f-strings, `.format()`, `%` or `str()` that put a
+    tokenizer special-token attribute (`bos_token`, `eos_token`, ...) into text. It flags a
+    marker whose text contains `None` from an attribute that is None for this tokenizer, and
+    source that formats such an attribute when samples lose their labels. It names the
+    attribute and gives the marker text the chat template really writes.
+
+    ## Why is this bad?
+    Python formats None as the text `None`: `f"{tokenizer.bos_token}assistant\\n"` becomes
+    `"Noneassistant\\n"` with Qwen2/2.5/3 tokenizers (they have no BOS token), the marker never
+    occurs in `input_ids`, every label stays -100 and the loss is NaN. The same code works with
+    MiniMind's or SmolLM2's tokenizer (whose bos_token is `<|im_start|>`), so it passes every
+    test until the tokenizer changes.
+
+    ## Example
+    ```python
+    self.bos_id = tokenizer(f"{tokenizer.bos_token}assistant\\n",
+                            add_special_tokens=False).input_ids
+    ```
+
+    ## Use instead
+    ```python
+    self.bos_id = tokenizer("<|im_start|>assistant\\n", add_special_tokens=False).input_ids
+    ```
+    """
+    a = analysis(ctx)
+    c = _needs_dataset(a)
+    tok = a.user.tokenizer
+    missing = [attr for attr in ("bos_token", "eos_token", "pad_token", "unk_token")
+               if getattr(tok, attr, "x") is None]
+    symptom = c.no_supervised.count + c.unsupervised_assistant.count
+    # Token ids that decode to text with "None" in it were made by tokenizing a formatted None;
+    # a string holding "None" (or source that formats a None attribute) counts when samples
+    # actually lose their labels.
+    none_markers = [m for m in a.markers if missing and "None" in m.text
+                    and (m.ids is not None or symptom)]
+    rule_ = marker_from_missing_special_token
+    findings = []
+    if none_markers or (a.source_hits and symptom):
+        hit = a.source_hits[0] if a.source_hits else None
+        attr = hit.attribute if hit else ("bos_token" if "bos_token" in missing else missing[0])
+        marker = none_markers[0] if none_markers else None
+        end_like = attr == "eos_token" and not (marker and "assistant" in marker.text)
+        correct = (a.facts.end_of_turn if end_like else a.facts.assistant_header) or "?"
+        what = (f"the marker {marker.attribute} decodes to {marker.text!r}" if marker
+                else f"{hit.snippet} formats tokenizer.{attr}")
+        where = f" (built at {hit.location}: {hit.snippet})" if hit and marker else ""
+        findings.append(rule_.finding(
+            f"{what}{where}: tokenizer.{attr} is None for this tokenizer, so the text 'None' "
+            f"is searched for and never found; {symptom} of {c.samples} samples lose their "
+            f"assistant labels. The chat template's marker is {correct!r}",
+            location=hit.location if hit else None,
+            evidence={"attribute": attr, "marker": marker.text if marker else None,
+                      "marker_attribute": marker.attribute if marker else None,
+                      "source": hit.location if hit else None,
+                      "template_marker": correct, "samples_affected": symptom,
+                      "samples": c.samples, "lines": (c.no_supervised.lines
+                                                      + c.unsupervised_assistant.lines)[:1000]},
+            fix=f"build the marker from the template's text: tokenizer({correct!r}, "
+                f"add_special_tokens=False).input_ids"))
+    checked = len(a.markers)
+    none_attrs = ", ".join(missing) or "none"
+    return Outcome(findings, summary=f"{checked} marker(s) in {a.user.name} decoded; special "
+                                     f"tokens that are None here: {none_attrs}")
+
+
+@rule("LD103", "prompt-tokens-supervised", command="dataset", severity=Severity.WARNING)
+def prompt_tokens_supervised(ctx) -> Outcome:
+    """System, user or role-header tokens carry labels.
+
+    ## What it does
+    Compares your labels with the template's truth position by position and counts supervised
+    tokens that belong to system or user turns, to template text (role headers such as
+    `<|im_start|>assistant\\n`, the preamble) or to padding. A supervised separator right after
+    the end-of-turn token (the `\\n` after `<|im_end|>`, as MiniMind's code does) is harmless
+    and only reported as an info.
+
+    ## Why is this bad?
+    Supervised fine-tuning is meant to teach the replies. Training on the prompt spends the
+    gradient on text the model will never be asked to write, teaches it to imitate users and
+    role headers, and changes what the loss value means.
+
+    ## Example
+    ```python
+    labels = list(input_ids)  # everything supervised
+    ```
+
+    ## Use instead
+    ```python
+    labels = [tok if in_assistant_turn[i] else -100 for i, tok in enumerate(input_ids)]
+    ```
+    """
+    a = analysis(ctx)
+    c = _needs_dataset(a)
+    rule_ = prompt_tokens_supervised
+    findings = []
+    cats = {k: v for k, v in c.prompt_categories.items() if k != "padding"}
+    if c.prompt_supervised:
+        kinds = ", ".join(f"{v} {k}" for k, v in sorted(cats.items(), key=lambda kv: -kv[1]))
+        findings.append(rule_.finding(
+            f"{c.prompt_supervised.count} of {_n(c.compared, 'sample')} supervise prompt tokens "
+            f"({kinds} tokens): the model is trained to write the prompt too; "
+            f"{_lines(c.prompt_supervised)}",
+            location=a.location(c.prompt_supervised.lines[0]),
+            evidence=_evidence(c.prompt_supervised, samples=c.compared, tokens=cats),
+            fix="set labels to -100 outside the assistant replies (keep the end-of-turn token)"))
+    if c.padding_supervised:
+        findings.append(rule_.finding(
+            f"{_n(c.padding_supervised.count, 'sample')} supervise {c.prompt_categories['padding']} "
+            f"padding tokens: {_lines(c.padding_supervised)}",
+            location=a.location(c.padding_supervised.lines[0]),
+            evidence=_evidence(c.padding_supervised), fix="set labels of padding to -100"))
+    if c.separator_supervised:
+        sep = a.facts.separator
+        findings.append(rule_.finding(
+            f"{_n(c.separator_supervised.count, 'sample')} also supervise the separator {sep!r} "
+            f"after the end-of-turn token; harmless", severity=Severity.INFO,
+            location=a.location(c.separator_supervised.lines[0]),
+            evidence=_evidence(c.separator_supervised)))
+    return Outcome(findings, views=_views(a, "LD103"),
+                   summary=f"{c.compared - c.prompt_supervised.count} of {c.compared} samples "
+                           f"supervise no prompt token")
+
+
+@rule("LD104", "assistant-tokens-unsupervised", command="dataset", severity=Severity.WARNING)
+def assistant_tokens_unsupervised(ctx) -> Outcome:
+    """Assistant tokens are left unsupervised (whole turns, or a tail).
+
+    ## What it does
+    Counts assistant body tokens (what the template renders inside an assistant turn) that
+    your labels leave at -100, in samples that do supervise something (samples with nothing
+    supervised are LD101's). Tells whole missed turns from partly missed ones and tails.
+
+    ## Why is this bad?
+    The model is silently trained on part of each reply: only the last turn of multi-turn
+    conversations, or replies cut before the end. It learns less than the data holds, and a
+    reply whose tail is never supervised teaches the model to stop early or ramble.
+
+    ## Example
+    ```python
+    start = len(input_ids) - len(last_reply_ids)  # only the final turn is supervised
+    ```
+
+    ## Use instead
+    ```python
+    for turn in assistant_turns:  # every assistant turn, body and end-of-turn token
+        labels[turn.start:turn.end] = input_ids[turn.start:turn.end]
+    ```
+    """
+    a = analysis(ctx)
+    c = _needs_dataset(a)
+    rule_ = assistant_tokens_unsupervised
+    findings = []
+    bad = c.unsupervised_assistant
+    if bad:
+        parts = []
+        if c.missing_turns:
+            parts.append(f"{c.missing_turns} whole turn(s)")
+        if c.partial_turns:
+            parts.append(f"{c.partial_turns} turn(s) partly"
+                         + (f", {c.tail_samples} sample(s) lose a tail" if c.tail_samples else ""))
+        findings.append(rule_.finding(
+            f"{bad.count} of {_n(c.compared, 'sample')} leave assistant tokens unsupervised: "
+            f"{c.missing_tokens} of {c.assistant_tokens} assistant tokens are labelled -100 "
+            f"({'; '.join(parts)}); {_lines(bad)}",
+            location=a.location(bad.lines[0]),
+            evidence=_evidence(bad, samples=c.compared, tokens=c.missing_tokens,
+                               assistant_tokens=c.assistant_tokens, whole_turns=c.missing_turns,
+                               partial_turns=c.partial_turns),
+            fix="supervise every assistant turn's body up to and including its end-of-turn "
+                "token; " + TEMPLATE_FIX))
+    with_labels = c.compared - c.no_supervised.count
+    return Outcome(findings, views=_views(a, "LD104"),
+                   summary=f"{c.assistant_tokens - c.missing_tokens} of {c.assistant_tokens} "
+                           f"assistant tokens supervised in the {with_labels} samples that "
+                           f"supervise anything")
+
+
+@rule("LD105", "end-of-turn-unsupervised", command="dataset", severity=Severity.ERROR)
+def end_of_turn_unsupervised(ctx) -> Outcome:
+    """The end-of-turn token that closes assistant replies is not supervised.
+
+    ## What it does
+    Derives the end-of-turn token from the chat template (the first special token it writes
+    after an assistant reply: `<|im_end|>` for ChatML and Qwen, `<|eot_id|>` for Llama-3) and,
+    with `--dataset`, counts end-of-turn positions your labels leave at -100. Without it,
+    checks that the template closes every assistant turn with such a token.
+
+    ## Why is this bad?
+    The end-of-turn token is how the model learns to stop. A model fine-tuned without it keeps
+    generating past its answer (inventing the next user turn) until max_new_tokens.
+
+    ## Example
+    ```python
+    end = input_ids.index(im_end_id, start)
+    labels[start:end] = input_ids[start:end]  # stops just before <|im_end|>
+    ```
+
+    ## Use instead
+    ```python
+    labels[start:end + 1] = input_ids[start:end + 1]  # include <|im_end|>
+    ```
+    """
+    a = analysis(ctx)
+    f = a.facts
+    eot = f.end_of_turn
+    rule_ = end_of_turn_unsupervised
+    findings = []
+    if a.comparison is not None:
+        c = a.comparison
+        bad = c.eot_unsupervised
+        if bad:
+            findings.append(rule_.finding(
+                f"{c.eot_missing - c.eot_missing_as_pad} of {c.eot_total} end-of-turn tokens "
+                f"({eot!r}) are labelled -100 in {_n(bad.count, 'sample')}: the model never learns to "
+                f"stop; {_lines(bad)}",
+                location=a.location(bad.lines[0]),
+                evidence=_evidence(bad, end_of_turn=eot, end_of_turn_id=f.end_of_turn_id,
+                                   missing=c.eot_missing, total=c.eot_total),
+                fix=f"include {eot!r} at the end of each supervised assistant span"))
+        return Outcome(findings, views=_views(a, "LD105"),
+                       summary=f"{c.eot_total - c.eot_missing} of {c.eot_total} end-of-turn "
+                               f"tokens ({eot!r}) supervised in the samples that supervise "
+                               f"anything")
+    s = a.stats
+    if eot is None:
+        findings.append(rule_.finding(
+            "the chat template writes no end-of-turn token after an assistant reply, so no "
+            "label can teach the model to stop", severity=Severity.WARNING,
+            evidence=f.to_evidence(),
+            fix="use a template that closes assistant turns with the model's end-of-turn token"))
+    elif s.eot_missing:
+        findings.append(rule_.finding(
+            f"in {_n(s.eot_missing.count, 'conversation')} an assistant turn is not closed by "
+            f"{eot!r}: {_lines(s.eot_missing)}", severity=Severity.WARNING,
+            location=a.location(s.eot_missing.lines[0]), evidence=_evidence(s.eot_missing)))
+    return Outcome(findings, summary=f"assistant turns end with {eot!r} (id {f.end_of_turn_id}) "
+                                     f"in {s.turns - s.eot_missing.count} of {s.turns} turns")
+
+
+@rule("LD106", "labels-shifted-by-hand", command="dataset", severity=Severity.ERROR)
+def labels_shifted_by_hand(ctx) -> Outcome:
+    """Labels are shifted by one by hand although the model shifts them internally.
+
+    ## What it does
+    Looks at every supervised position of your labels: when most hold the *next* input id
+    (`labels[t] == input_ids[t + 1]`) rather than the same one, or `labels` is
+    `input_ids[1:]`, the labels were shifted by hand.
+
+    ## Why is this bad?
+    transformers' causal LMs shift `labels` inside `forward()` (logits at t are scored against
+    labels at t + 1). Shifted once more, the model is trained to predict the token *after*
+    the next one: the loss goes down, but the model learns the wrong task.
+
+    ## Example
+    ```python
+    labels = input_ids[1:] + [-100]
+    ```
+
+    ## Use instead
+    ```python
+    labels = list(input_ids)  # same positions; the model shifts
+    ```
+    """
+    a = analysis(ctx)
+    c = _needs_dataset(a)
+    bad = c.shifted
+    findings = []
+    if bad:
+        findings.append(labels_shifted_by_hand.finding(
+            f"{bad.count} of {_n(c.samples, 'sample')} hold the next token's id as each label "
+            f"(labels[t] == input_ids[t+1]): a transformers model shifts again and learns to "
+            f"predict the token after next; {_lines(bad)}",
+            location=a.location(bad.lines[0]), evidence=_evidence(bad, samples=c.samples),
+            fix="return labels aligned with input_ids (labels[t] is input_ids[t] or -100)"))
+    return Outcome(findings, views=_views(a, "LD106"),
+                   summary=f"labels aligned with input_ids in {c.samples - bad.count} of "
+                           f"{c.samples} samples")
+
+
+@rule("LD107", "assistant-tokens-truncated", command="dataset", severity=Severity.ERROR)
+def assistant_tokens_truncated(ctx) -> Outcome:
+    """Truncation at the max length removes all or part of the assistant tokens.
+
+    ## What it does
+    With `--dataset`, finds samples your code truncated (their ids are a prefix of the
+    template's) and counts the assistant tokens cut away. Without it, with `--max-length N`,
+    counts the conversations whose assistant tokens lie beyond the first N tokens (right
+    truncation, as `input_ids[:max_length]` does). Without either, reports the lengths.
+
+    ## Why is this bad?
+    A long system prompt or user turn pushes the reply past the cut: a sample with every
+    assistant token cut has nothing left to supervise (NaN loss or a dropped sample), and one
+    cut partway loses the reply's end and its end-of-turn token, so the model learns to stop
+    mid-sentence or never.
+
+    ## Example
+    ```python
+    input_ids = tokenizer(text).input_ids[:512]  # long prompts leave no reply
+    ```
+
+    ## Use instead
+    ```python
+    # raise max_length, truncate the prompt from the left, or drop samples that do not fit
+    ```
+    """
+    a = analysis(ctx)
+    rule_ = assistant_tokens_truncated
+    findings = []
+    if a.comparison is not None:
+        c = a.comparison
+        limit = c.user_max_length or ctx.max_length
+        at = f" at {limit} tokens" if limit else ""
+        all_, part = c.truncated_all, c.truncated_part
+    else:
+        s = a.stats
+        if ctx.max_length is None:
+            return Outcome(summary=f"no --max-length given; longest conversation {s.longest} "
+                                   f"tokens ({a.location(s.longest_line)}), 95% within "
+                                   f"{s.percentile(0.95)}")
+        limit = ctx.max_length
+        at = f" at --max-length {limit}"
+        all_, part = s.cut_all, s.cut_part
+    fix = ("raise the max length, truncate the prompt from the left, or drop conversations "
+           "that do not fit")
+    if all_:
+        findings.append(rule_.finding(
+            f"{_n(all_.count, 'sample')} lose{'s' if all_.count == 1 else ''} every assistant token to truncation{at}, leaving "
+            f"nothing to supervise: {_lines(all_)}",
+            location=a.location(all_.lines[0]), evidence=_evidence(all_, max_length=limit),
+            fix=fix))
+    if part:
+        cut = (a.comparison.cut_tokens if a.comparison is not None else a.stats.cut_tokens)
+        findings.append(rule_.finding(
+            f"{_n(part.count, 'sample')} lose{'s' if part.count == 1 else ''} part of their assistant tokens to truncation{at} "
+            f"({cut} tokens in all, with their end-of-turn token): {_lines(part)}",
+            severity=Severity.WARNING, location=a.location(part.lines[0]),
+            evidence=_evidence(part, max_length=limit, tokens_cut=cut), fix=fix))
+    n = a.comparison.samples if a.comparison is not None else a.stats.rendered
+    return Outcome(findings, views=_views(a, "LD107"),
+                   summary=f"{n - all_.count - part.count} of {n} samples keep every assistant "
+                           f"token{at}")
+
+
+@rule("LD108", "pad-equals-eos-masks-eos", command="dataset", severity=Severity.ERROR)
+def pad_equals_eos_masks_eos(ctx) -> Outcome:
+    """pad_token is the end-of-turn token and padding is masked by id, so every real EOS is too.
+
+    ## What it does
+    With `--dataset`, flags samples whose end-of-turn tokens are labelled -100 while the pad
+    token has the same id (the signature of `labels[input_ids == pad_id] = -100`). Without
+    it, notes (info) when the tokenizer's pad token is its end-of-turn or EOS token.
+
+    ## Why is this bad?
+    Setting `pad_token = eos_token` is the usual fix for a tokenizer without a pad token, and
+    masking padding by id is the usual collator. Together they mask every real end-of-turn
+    token: the model never learns to stop.
+
+    ## Example
+    ```python
+    tokenizer.pad_token = tokenizer.eos_token
+    labels[input_ids == tokenizer.pad_token_id] = -100
+    ```
+
+    ## Use instead
+    ```python
+    labels[attention_mask == 0] = -100  # mask padding by position, not by id
+    ```
+    """
+    a = analysis(ctx)
+    f = a.facts
+    rule_ = pad_equals_eos_masks_eos
+    findings = []
+    if a.comparison is not None:
+        c = a.comparison
+        tok = a.user.tokenizer
+        pad = getattr(tok, "pad_token", None)
+        bad = c.eot_as_pad
+        if bad:
+            findings.append(rule_.finding(
+                f"pad_token is {pad!r} (id {tok.pad_token_id}), the end-of-turn token, and the "
+                f"end-of-turn token is labelled -100 in {_n(bad.count, 'sample')}: padding masked by "
+                f"id masks every real end-of-turn too, so the model never learns to stop; "
+                f"{_lines(bad)}",
+                location=a.location(bad.lines[0]),
+                evidence=_evidence(bad, pad_token=pad, pad_token_id=tok.pad_token_id),
+                fix="mask padding by position (attention_mask == 0), not by token id, or use a "
+                    "pad token distinct from the end-of-turn token"))
+        same = pad is not None and pad in (f.end_of_turn, getattr(tok, "eos_token", None))
+        return Outcome(findings, views=_views(a, "LD108"),
+                       summary=(f"pad_token {pad!r} is the end-of-turn token, but end-of-turn "
+                                f"tokens stay supervised" if same and not bad
+                                else f"pad_token {pad!r}"))
+    same = f.pad_token is not None and f.pad_token in (f.end_of_turn, f.eos_token)
+    if same:
+        findings.append(rule_.finding(
+            f"pad_token is {f.pad_token!r}, the same token that ends assistant turns: a collator "
+            f"that masks padding by id also masks every real end-of-turn",
+            severity=Severity.INFO, evidence={"pad_token": f.pad_token, "pad_token_id": f.pad_id},
+            fix="mask padding by position (attention_mask == 0), not by token id"))
+    return Outcome(findings, summary=f"pad_token {f.pad_token!r}, eos_token {f.eos_token!r}")
+
+
+@rule("LD109", "double-bos", command="dataset", severity=Severity.WARNING)
+def double_bos(ctx) -> Outcome:
+    """A sample starts with two BOS tokens: the template writes one and tokenization adds another.
+
+    ## What it does
+    With `--dataset`, flags samples whose ids start with BOS twice where the template's start
+    with it once. Without it, notes (info) when the template writes the BOS token and the
+    tokenizer also adds one by default (`tokenizer(text)` with `add_special_tokens=True`).
+
+    ## Why is this bad?
+    The model never saw two BOS tokens in pretraining or at inference; every training sample
+    starts out of distribution. Llama-3 and DeepSeek templates write `{{ bos_token }}` while
+    their tokenizers add BOS too.
+
+    ## Example
+    ```python
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    input_ids = tokenizer(text).input_ids  # BOS from the template + BOS from the tokenizer
+    ```
+
+    ## Use instead
+    ```python
+    input_ids = tokenizer(text, add_special_tokens=False).input_ids
+    ```
+    """
+    a = analysis(ctx)
+    f = a.facts
+    rule_ = double_bos
+    findings = []
+    if a.comparison is not None:
+        c = a.comparison
+        bad = c.double_bos
+        if bad:
+            findings.append(rule_.finding(
+                f"{bad.count} of {_n(c.samples, 'sample')} start with {f.bos_token!r} twice: the "
+                f"template writes it and tokenization adds another; {_lines(bad)}",
+                location=a.location(bad.lines[0]), evidence=_evidence(bad, bos_token=f.bos_token),
+                fix="tokenize the rendered text with add_special_tokens=False"))
+        return Outcome(findings, summary=f"{c.samples - bad.count} of {c.samples} samples start "
+                                         f"with at most one BOS")
+    if f.emits_bos and f.adds_bos:
+        findings.append(rule_.finding(
+            f"the template writes {f.bos_token!r} and tokenizer(text) adds another unless "
+            f"add_special_tokens=False", severity=Severity.INFO,
+            evidence={"bos_token": f.bos_token, "emits_bos": True, "adds_bos": True},
+            fix="tokenize rendered conversations with add_special_tokens=False"))
+    return Outcome(findings, summary=f"template writes BOS: {f.emits_bos}; tokenizer adds BOS: "
+                                     f"{f.adds_bos}")
+
+
+@rule("LD110", "input-ids-differ-from-template", command="dataset", severity=Severity.WARNING)
+def input_ids_differ_from_template(ctx) -> Outcome:
+    """The sample's input_ids differ from the chat template's rendering of its conversation.
+
+    ## What it does
+    Aligns each sample's ids with the template's (padding, truncation and a doubled BOS
+    allowed for) and reports samples that still differ: a hand-written or different template,
+    a missing system prompt or preamble, other special tokens, the same text tokenized in
+    pieces. Also reports a dataset whose length does not match the number of records.
+
+    ## Why is this bad?
+    The model is fine-tuned on a format it will not see at inference (where the tokenizer's
+    chat template is used), and masking code written for one format silently fails on another
+    (ChatML markers on Llama-3 data leave every label at -100).
+
+    ## Example
+    ```python
+    text = f"<|im_start|>user\\n{q}<|im_end|>\\n<|im_start|>assistant\\n{a}<|im_end|>\\n"
+    ```
+
+    ## Use instead
+    ```python
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    input_ids = tokenizer(text, add_special_tokens=False).input_ids
+    ```
+    """
+    a = analysis(ctx)
+    c = _needs_dataset(a)
+    rule_ = input_ids_differ_from_template
+    findings = []
+    bad = c.ids_differ
+    if bad:
+        findings.append(rule_.finding(
+            f"the input_ids of {bad.count} of {_n(c.samples, 'sample')} differ from the chat "
+            f"template's rendering; {c.first_differ}; {_lines(bad)}",
+            location=a.location(bad.lines[0]), evidence=_evidence(bad, samples=c.samples,
+                                                                    first=c.first_differ),
+            fix="render with tokenizer.apply_chat_template(messages, tokenize=False) and "
+                "tokenize with add_special_tokens=False"))
+    readable = c.samples
+    if c.n_items is not None and c.n_items != c.n_records:
+        findings.append(rule_.finding(
+            f"{a.user.name} has {c.n_items} items for {c.n_records} records in the file; items "
+            f"are matched to records in order, so comparisons after the first difference may "
+            f"be off", evidence={"items": c.n_items, "records": c.n_records},
+            fix="keep one item per record, in file order (filter records before writing the "
+                "file)"))
+    return Outcome(findings, summary=f"{readable - bad.count} of {readable} samples match the "
+                                     f"template's ids")
+
+
+@rule("LD111", "marker-tokenizes-differently-in-context", command="dataset",
+      severity=Severity.WARNING)
+def marker_tokenizes_differently_in_context(ctx) -> Outcome:
+    """A marker tokenizes differently inside the conversation than on its own.
+
+    ## What it does
+    For every marker token list your dataset instance holds, compares how often its text
+    occurs in template-written text with how often its token ids occur in the template's
+    tokens. For replies that start with text that merges with the header's last token (a
+    reply starting with a newline after `assistant\\n`), reports the turns a token-id search
+    for the header misses. Without `--dataset`, counts such turns (info).
+
+    ## Why is this bad?
+    BPE merges across the marker's edge: `assistant\\n` followed by `\\n` is one token `\\n\\n`,
+    and gpt2 merges `:` of `### Assistant:` with the next word. The marker's ids then never
+    occur, and the turns it should find stay unsupervised without an error.
+
+    ## Example
+    ```python
+    marker = tokenizer("<|im_start|>assistant\\n", add_special_tokens=False).input_ids
+    # reply "\\nHere is the code" -> "assistant", "\\n\\n", "Here" -> no match
+    ```
+
+    ## Use instead
+    ```python
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    # map the reply's character span (from the template) to tokens with the offsets
+    ```
+    """
+    a = analysis(ctx)
+    rule_ = marker_tokenizes_differently_in_context
+    findings = []
+    fix = ("locate replies by character offsets (return_offsets_mapping) or the template's "
+           "generation mask, not by searching input_ids for a marker's ids")
+    header = a.facts.assistant_header
+    if a.comparison is not None:
+        c = a.comparison
+        for attr, lines in c.marker_miss.items():
+            marker = next(m for m in a.markers if m.attribute == attr)
+            text_n, token_n = c.marker_counts[attr]
+            findings.append(rule_.finding(
+                f"marker {attr} ({marker.text!r}) occurs {text_n} times in the template's text "
+                f"but its ids only {token_n} times: in context its edge merges with the next "
+                f"text, in {_n(lines.count, 'sample')}; {_lines(lines)}",
+                location=a.location(lines.lines[0]),
+                evidence=_evidence(lines, marker=marker.text, ids=marker.ids,
+                                   text_occurrences=text_n, token_occurrences=token_n), fix=fix))
+        if c.straddle_missing and not c.marker_miss:
+            lines = c.straddle_missing
+            findings.append(rule_.finding(
+                f"{_n(lines.count, 'sample')} leave{'s' if lines.count == 1 else ''} an assistant turn unsupervised whose reply starts "
+                f"with text that merges with the header's last token ({header!r}), so the "
+                f"header's ids do not occur there; {_lines(lines)}",
+                location=a.location(lines.lines[0]), evidence=_evidence(lines), fix=fix))
+        return Outcome(findings, summary=f"{len([m for m in a.markers if m.ids])} marker(s) "
+                                         f"checked in context")
+    s = a.stats
+    if s.straddle:
+        findings.append(rule_.finding(
+            f"{_n(s.straddle_turns, 'assistant turn')} in {_n(s.straddle.count, 'conversation')} start with "
+            f"text that merges with the header's last token ({header!r}); code that searches "
+            f"input_ids for the header's ids misses them: {_lines(s.straddle)}",
+            severity=Severity.INFO, location=a.location(s.straddle.lines[0]),
+            evidence=_evidence(s.straddle, turns=s.straddle_turns), fix=fix))
+    return Outcome(findings, summary=f"{s.turns - s.straddle_turns} of {s.turns} assistant turns "
+                                     f"start on a token boundary after the header")
+
+
+@rule("LD112", "template-cannot-render-record", command="dataset", severity=Severity.ERROR)
+def template_cannot_render_record(ctx) -> Outcome:
+    """The chat template cannot render a conversation (or its replies cannot be found in it).
+
+    ## What it does
+    Renders every conversation with the tokenizer's chat template and reports those the
+    template refuses (a template without a system role, one that requires strict user /
+    assistant alternation), grouped by the template's message, with line numbers. Also reports
+    (warning) conversations in which an assistant reply could not be located, so its labels
+    could not be checked.
+
+    ## Why is this bad?
+    `apply_chat_template` raises on such a record: training crashes when it reaches it (hours
+    in, for a large file), or the loader skips it without a word.
+
+    ## Example
+    ```json
+    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}
+    ```
+    with a template that raises "System role not supported".
+
+    ## Use instead
+    ```json
+    {"messages": [{"role": "user", "content": "Be brief.\\n\\nHi"}, ...]}
+    ```
+    """
+    a = analysis(ctx)
+    s, f = a.stats, a.facts
+    rule_ = template_cannot_render_record
+    findings = []
+    for message, lines in s.render_errors.items():
+        hint = "fix the records or the template"
+        low = message.lower()
+        if f.system_error and "system" in low:
+            hint = "merge the system message into the first user turn (the template has none)"
+        elif f.alternation_error and ("alternat" in low or "order" in low):
+            hint = "merge consecutive turns of the same role (the template needs alternation)"
+        findings.append(rule_.finding(
+            f"{lines.count} of {_n(s.records, 'conversation')} cannot be rendered by the chat "
+            f"template ({message}): {_lines(lines)}",
+            location=a.location(lines.lines[0]), evidence=_evidence(lines, error=message),
+            fix=hint))
+    if s.unlocated:
+        findings.append(rule_.finding(
+            f"in {_n(s.unlocated.count, 'conversation')} an assistant reply could not be located in "
+            f"the rendered text, so its labels were not checked: {_lines(s.unlocated)}",
+            severity=Severity.WARNING, location=a.location(s.unlocated.lines[0]),
+            evidence=_evidence(s.unlocated)))
+    for problem in f.problems:
+        findings.append(rule_.finding(f"chat template: {problem}", severity=Severity.WARNING,
+                                      evidence=f.to_evidence()))
+    methods = ", ".join(f"{n} {m}" for m, n in s.methods.most_common())
+    return Outcome(findings, summary=f"{s.rendered} of {s.records} conversations render; "
+                                     f"replies located: {methods or 'none'}")
+
+
+@rule("LD113", "special-token-missing-for-template", command="dataset",
+      severity=Severity.WARNING)
+def special_token_missing_for_template(ctx) -> Outcome:
+    """A special token the chat template needs is missing or inconsistent in the tokenizer.
+
+    ## What it does
+    Checks that every special-token variable the template writes (`{{ bos_token }}`,
+    `{{ eos_token }}`, ...) is set in the tokenizer, that `eos_token` is the token the template
+    ends assistant turns with, and that there is a pad token. Reports what it measured.
+
+    ## Why is this bad?
+    A template variable that is None renders as nothing: every sample silently lacks the BOS
+    the model was trained with. An `eos_token` that is not the end-of-turn token makes
+    generation run past the reply unless the generation config says otherwise, and a missing
+    pad token invites `pad_token = eos_token` (see LD108).
+
+    ## Example
+    ```python
+    tokenizer.bos_token = None  # the Llama-3 template writes {{ bos_token }} first
+    ```
+
+    ## Use instead
+    ```python
+    tokenizer.bos_token = "<|begin_of_text|>"
+    ```
+    """
+    a = analysis(ctx)
+    f = a.facts
+    rule_ = special_token_missing_for_template
+    findings = []
+    for var in f.missing_vars:
+        findings.append(rule_.finding(
+            f"the chat template writes {{{{ {var} }}}} but tokenizer.{var} is None, so it "
+            f"renders as nothing in every conversation",
+            evidence={"variable": var}, fix=f"set tokenizer.{var} to the model's token"))
+    if f.end_of_turn and f.eos_token and f.eos_token != f.end_of_turn:
+        findings.append(rule_.finding(
+            f"tokenizer.eos_token is {f.eos_token!r} but the template ends assistant turns with "
+            f"{f.end_of_turn!r}: generation stops at {f.eos_token!r} unless the generation "
+            f"config also names {f.end_of_turn!r}", severity=Severity.INFO,
+            evidence={"eos_token": f.eos_token, "end_of_turn": f.end_of_turn},
+            fix=f"set generation_config.eos_token_id to include {f.end_of_turn!r}"))
+    if f.pad_token is None:
+        findings.append(rule_.finding(
+            "the tokenizer has no pad token: batching needs one, and pad_token = eos_token "
+            "makes padding masked by id mask every end-of-turn (LD108)", severity=Severity.INFO,
+            fix="add a dedicated pad token, or mask padding by position"))
+    return Outcome(findings, summary=f"bos {f.bos_token!r}, eos {f.eos_token!r}, pad "
+                                     f"{f.pad_token!r}, end of turn {f.end_of_turn!r}")
+
+
+@rule("LD114", "template-rewrites-history", command="dataset", severity=Severity.INFO)
+def template_rewrites_history(ctx) -> Outcome:
+    """The template does not render some assistant replies verbatim (it rewrites history).
+
+    ## What it does
+    Detects templates whose rendering of a turn depends on what follows (Qwen3 adds an empty
+    `<think>` block to the last assistant turn and drops `<think>` blocks from earlier ones;
+    Llama-3 trims whitespace) and counts the conversations whose replies are affected. Where
+    the template has `{% generation %}` blocks, reports (warning) conversations where those
+    blocks disagree with the replies found in the rendered text.
+
+    ## Why is this bad?
+    It is not a bug in itself: supervision follows the full conversation's rendering. But code
+    that labels turns by rendering prefixes, or that expects the reply text verbatim, gets
+    these conversations wrong, and reasoning you meant to train on is silently dropped.
+
+    ## Example
+    ```json
+    {"messages": [{"role": "user", "content": "Hi"},
+                  {"role": "assistant", "content": "<think>plan</think>Hello"},
+                  {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Ciao"}]}
+    ```
+
+    ## Use instead
+    ```python
+    # train on the template's rendering of the whole conversation, or use a training template
+    # that keeps reasoning (TRL's qwen3_training.jinja)
+    ```
+    """
+    a = analysis(ctx)
+    s, f = a.stats, a.facts
+    rule_ = template_rewrites_history
+    findings = []
+    if s.rewritten:
+        how = "drops <think> reasoning from earlier assistant turns" if f.drops_reasoning \
+            else "reformats them (trims or moves text)"
+        findings.append(rule_.finding(
+            f"{_n(s.rewritten.count, 'conversation')} ha{'s' if s.rewritten.count == 1 else 've'} assistant replies the template does not "
+            f"render verbatim (it {how}); their labels follow the rendered text: "
+            f"{_lines(s.rewritten)}", location=a.location(s.rewritten.lines[0]),
+            evidence=_evidence(s.rewritten, drops_reasoning=f.drops_reasoning)))
+    if s.generation_mismatch:
+        findings.append(rule_.finding(
+            f"in {_n(s.generation_mismatch.count, 'conversation')} the template's generation blocks "
+            f"disagree with the replies found in the rendered text ({s.first_mismatch}); the "
+            f"generation blocks were used: {_lines(s.generation_mismatch)}",
+            severity=Severity.WARNING, location=a.location(s.generation_mismatch.lines[0]),
+            evidence=_evidence(s.generation_mismatch, first=s.first_mismatch)))
+    if f.rewrites_history:
+        summary = f"the template rewrites earlier turns; {s.rewritten.count} conversations affected"
+    else:
+        summary = "the template renders every turn the same wherever it stands"
+    return Outcome(findings, summary=summary)
+
+
+RULES = [
+    no_supervised_tokens,
+    marker_from_missing_special_token,
+    prompt_tokens_supervised,
+    assistant_tokens_unsupervised,
+    end_of_turn_unsupervised,
+    labels_shifted_by_hand,
+    assistant_tokens_truncated,
+    pad_equals_eos_masks_eos,
+    double_bos,
+    input_ids_differ_from_template,
+    marker_tokenizes_differently_in_context,
+    template_cannot_render_record,
+    special_token_missing_for_template,
+    template_rewrites_history,
+]

@@ -1,0 +1,468 @@
+"""The user's `(input_ids, labels)` against the oracle, sample by sample.
+
+Per sample: undo a hand-made shift of the labels (and record it), drop padding, align the
+user's ids with the template's (allowing a doubled BOS, an added BOS, a missing preamble, left
+or right padding, right truncation), then compare label masks position by position. Each
+disagreement is classified by what the oracle says the token is: prompt text (system, user,
+tool), template text (role headers, preamble), the separator after the end-of-turn token,
+padding, an assistant body token or the end-of-turn token. The aggregate keeps counts, the
+first `MAX_LINES` line numbers per kind, and token views for the first `show` samples.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ..findings import TokenView
+from .markers import Marker
+from .oracle import OracleSample, Truth
+from .scan import DataStats, Lines
+from .template import TemplateFacts
+from .user_dataset import IGNORE_INDEX, Item, UserData
+
+VIEW_BEFORE, VIEW_TOKENS = 24, 96  # token view window around the first disagreement
+
+
+@dataclass
+class SampleDiff:
+    """How one sample's labels differ from the oracle's."""
+
+    line: int
+    location: str
+    n_user: int = 0
+    n_supervised: int = 0
+    shifted: bool = False
+    double_bos: bool = False
+    aligned: bool = False
+    truncated: bool = False
+    differ: str | None = None  # how the input_ids differ from the template's (LD110)
+    extra: Counter = field(default_factory=Counter)  # category -> supervised, should not be
+    missing_turns: int = 0  # assistant turns with no body token supervised
+    partial_turns: int = 0  # assistant turns with some body tokens unsupervised
+    missing_tokens: int = 0
+    tail: bool = False  # the unsupervised body tokens are a turn's tail
+    eot_total: int = 0
+    eot_missing: int = 0
+    eot_as_pad: bool = False  # the missed end-of-turn token has the pad id
+    assistant_total: int = 0  # oracle-supervised tokens (body + end-of-turn)
+    cut: int = 0  # oracle-supervised tokens cut away by the user's truncation
+    straddle_missing: int = 0  # missing turns whose header merges with the reply's first token
+    marker_miss: dict[str, tuple[int, int]] = field(default_factory=dict)  # marker -> counts
+    focus: int | None = None  # user position of the first disagreement
+
+
+@dataclass
+class Comparison:
+    """The user's dataset against the oracle, aggregated over every sample."""
+
+    samples: int = 0
+    compared: int = 0  # aligned with the template's ids, masks compared
+    no_supervised: Lines = field(default_factory=Lines)
+    prompt_supervised: Lines = field(default_factory=Lines)
+    prompt_categories: Counter = field(default_factory=Counter)
+    separator_supervised: Lines = field(default_factory=Lines)
+    padding_supervised: Lines = field(default_factory=Lines)
+    unsupervised_assistant: Lines = field(default_factory=Lines)
+    missing_turns: int = 0
+    partial_turns: int = 0
+    tail_samples: int = 0
+    missing_tokens: int = 0
+    assistant_tokens: int = 0  # in samples that supervise something (LD101's are apart)
+    eot_unsupervised: Lines = field(default_factory=Lines)
+    eot_as_pad: Lines = field(default_factory=Lines)
+    eot_total: int = 0
+    eot_missing: int = 0
+    eot_missing_as_pad: int = 0
+    shifted: Lines = field(default_factory=Lines)
+    truncated_all: Lines = field(default_factory=Lines)
+    truncated_part: Lines = field(default_factory=Lines)
+    cut_tokens: int = 0
+    double_bos: Lines = field(default_factory=Lines)
+    ids_differ: Lines = field(default_factory=Lines)
+    first_differ: str | None = None
+    straddle_missing: Lines = field(default_factory=Lines)
+    marker_miss: dict[str, Lines] = field(default_factory=dict)
+    marker_counts: dict[str, list[int]] = field(default_factory=dict)  # text vs token matches
+    unrendered: int = 0  # samples whose record the template cannot render
+    n_items: int | None = None
+    n_records: int = 0
+    user_max_length: int | None = None
+    views: dict[str, list[TokenView]] = field(default_factory=dict)
+
+
+def effective_labels(item: Item) -> tuple[list[int], list[bool], bool] | None:
+    """(ids, supervised mask in input positions, shifted): undo a hand-made shift by one."""
+    ids, labels = item.ids, item.labels
+    if len(labels) not in (len(ids), len(ids) - 1) or not ids:
+        return None
+    sup = [t for t, y in enumerate(labels) if y != IGNORE_INDEX]
+    same = sum(1 for t in sup if labels[t] == ids[t])
+    nxt = sum(1 for t in sup if t + 1 < len(ids) and labels[t] == ids[t + 1])
+    if len(labels) == len(ids) - 1:
+        shifted = bool(sup) and nxt >= same  # labels = input_ids[1:], MiniMind's (X, Y)
+    else:
+        shifted = bool(sup) and nxt > same and nxt >= 0.5 * len(sup)
+    if not shifted:
+        mask = [y != IGNORE_INDEX for y in labels] + [False] * (len(ids) - len(labels))
+        return list(ids), mask, False
+    mask = [False] * (len(ids) + 1)
+    for t in sup:
+        mask[t + 1] = True
+    ids = list(ids)
+    if mask[len(ids)]:
+        ids.append(labels[len(ids) - 1])  # the last label predicts a token past the input
+    else:
+        mask.pop()
+    return ids, mask, True
+
+
+class Comparer:
+    """Compares one sample at a time and aggregates; views go to the first `show` failures."""
+
+    def __init__(self, facts: TemplateFacts, user: UserData, markers: list[Marker],
+                 tokenizer, show: int):
+        self.facts = facts
+        self.user = user
+        self.markers = [m for m in markers if m.ids]
+        self.tokenizer = tokenizer
+        self.show = show
+        self.pad_id = getattr(user.tokenizer, "pad_token_id", None)
+        self.bos_id = getattr(user.tokenizer, "bos_token_id", None)
+        self.result = Comparison(user_max_length=user.max_length)
+        self._shown: set[int] = set()  # lines already shown in a view: each sample once
+        for m in self.markers:
+            self.result.marker_counts[m.attribute] = [0, 0]
+
+    # --- one sample ----------------------------------------------------------------------
+
+    def add(self, line: int, location: str, item: Item, sample: OracleSample | Truth) -> None:
+        res = self.result
+        res.samples += 1
+        diff = SampleDiff(line, location, n_user=len(item.ids),
+                          n_supervised=sum(1 for y in item.labels if y != IGNORE_INDEX))
+        if diff.n_supervised == 0:
+            res.no_supervised.add(line)
+        label_mask = [y != IGNORE_INDEX for y in item.labels][:len(item.ids)]
+        self._raw = label_mask + [False] * (len(item.ids) - len(label_mask))
+        self._current = (item.ids, self._raw, None)
+        if isinstance(sample, Truth):
+            res.unrendered += 1
+            if diff.n_supervised == 0:
+                self._view("LD101", diff)
+            return
+        eff = effective_labels(item)
+        if eff is None:
+            diff.differ = (f"labels have {len(item.labels)} entries for {len(item.ids)} "
+                           f"input_ids")
+            self._record_differ(diff)
+            if diff.n_supervised == 0:
+                self._view("LD101", diff)
+            return
+        ids, mask, diff.shifted = eff
+        self._current = (ids, mask, None)
+        self._compare(diff, ids, mask, item.attention, sample)
+        self._aggregate(diff, sample)
+
+    def _compare(self, diff: SampleDiff, ids: list[int], mask: list[bool],
+                 attention: list[int] | None, sample: OracleSample) -> None:
+        f = self.facts
+        O = sample.ids
+        om = sample.mask()
+        pad, bos = self.pad_id, self.bos_id
+        # Drop positions the attention mask calls padding.
+        real = list(range(len(ids)))
+        if attention is not None and 0 in attention:
+            real = [t for t in real if t >= len(attention) or attention[t]]
+        kept = set(real)
+        padding = [t for t in range(len(ids)) if t not in kept] if len(real) < len(ids) else []
+        if any(mask[t] for t in padding):
+            diff.extra["padding"] += sum(mask[t] for t in padding)
+        U = [ids[t] for t in real]
+        M = [mask[t] for t in real]
+
+        candidates = [(0, 0, None)]
+        if bos is not None and U[:2] == [bos, bos] and O[:1] == [bos]:
+            candidates.append((1, 0, "double_bos"))
+        if bos is not None and U[:1] == [bos] and O[:1] != [bos]:
+            candidates.append((1, 0, "the tokenizer added a BOS token the template does not "
+                                     "write"))
+        lead = 0
+        while pad is not None and lead < len(U) and U[lead] == pad and \
+                (lead >= len(O) or O[lead] != pad):
+            lead += 1
+        if lead:
+            candidates.append((lead, 0, None))  # left padding
+        if f.preamble and sample.truth.text.startswith(f.preamble):
+            k = bisect_left([a for a, _ in sample.offsets], len(f.preamble))
+            if k:
+                candidates.append((0, k, "the template's preamble is missing: "
+                                         f"{_short(f.preamble)}"))
+        best = None
+        for us, os_, note in candidates:
+            n = _common_prefix(U, us, O, os_)
+            if best is None or n > best[0]:
+                best = (n, us, os_, note)
+        n, us, os_, note = best
+        rest_u, rest_o = U[us + n:], O[os_ + n:]
+        if note == "double_bos":
+            diff.double_bos = True
+            note = None
+        if any(M[:us]):  # a doubled or added BOS, left padding: supervised, should not be
+            diff.extra["template"] += sum(M[:us])
+        tail_pads = bool(rest_u) and pad is not None and all(t == pad for t in rest_u)
+        if not rest_o:
+            diff.aligned = True
+            if rest_u and not tail_pads:
+                note = note or (f"{len(rest_u)} token(s) after the template's text: "
+                                f"{_short(self._decode(rest_u))}")
+        elif not rest_u or tail_pads:
+            diff.aligned = diff.truncated = True
+        else:
+            note = note or self._describe_difference(U[us:], O[os_:], n, sample, os_)
+        if rest_u and tail_pads and any(M[us + n:]):
+            diff.extra["padding"] += sum(M[us + n:])
+        diff.differ = note
+        if not diff.aligned:
+            diff.focus = real[us + n] if us + n < len(real) else None
+            return
+
+        # Aligned: user position us + j is oracle position os_ + j for j < n.
+        cats = _Categories(sample, f)
+        first = None
+        for j in range(n):
+            u_sup, o_sup = M[us + j], om[os_ + j]
+            if u_sup and not o_sup:
+                diff.extra[cats.of(os_ + j)] += 1
+            if u_sup != o_sup and first is None:
+                first = j
+        if diff.extra and first is None:
+            first = 0
+        for k, (t0, t1) in enumerate(sample.ranges):
+            eot = t1 - 1 if sample.eot_ok[k] else None
+            body = range(t0, eot if eot is not None else t1)
+            diff.assistant_total += t1 - t0
+            missed = seen = 0
+            trailing_missed = 0
+            for o in body:
+                if o < os_:
+                    continue
+                if o >= os_ + n:
+                    diff.cut += 1
+                    continue
+                seen += 1
+                if M[us + o - os_]:
+                    trailing_missed = 0
+                else:
+                    missed += 1
+                    trailing_missed += 1
+            whole = seen and missed == seen
+            if eot is not None:
+                if eot >= os_ + n:
+                    diff.cut += 1
+                elif eot >= os_ and not M[us + eot - os_]:
+                    if whole:  # a turn missed whole is LD104's, end-of-turn token included
+                        missed += 1
+                    else:
+                        diff.eot_total += 1
+                        diff.eot_missing += 1
+                        diff.eot_as_pad = diff.eot_as_pad or (pad is not None and O[eot] == pad)
+                elif eot >= os_:
+                    diff.eot_total += 1
+            if whole:
+                diff.missing_turns += 1
+                diff.straddle_missing += k in sample.straddles
+            elif missed:
+                diff.partial_turns += 1
+                diff.tail = diff.tail or trailing_missed == missed
+            diff.missing_tokens += missed
+        diff.focus = real[us + first] if first is not None else None
+        oracle_mask = [False] * len(ids)
+        for j in range(n):
+            oracle_mask[real[us + j]] = om[os_ + j]
+        self._current = (ids, mask, oracle_mask)
+
+    def _aggregate(self, diff: SampleDiff, sample: OracleSample) -> None:
+        res = self.result
+        line = diff.line
+        if diff.shifted:
+            res.shifted.add(line)
+        if diff.double_bos:
+            res.double_bos.add(line)
+        if diff.differ:
+            self._record_differ(diff)
+        for m in self.markers:
+            text_n, token_n = _marker_counts(m, sample)
+            counts = res.marker_counts[m.attribute]
+            counts[0] += text_n
+            counts[1] += token_n
+            if text_n > token_n and diff.missing_turns:  # missed, and turns went unsupervised
+                res.marker_miss.setdefault(m.attribute, Lines()).add(line)
+        if not diff.aligned:
+            if diff.n_supervised == 0:
+                self._view("LD101", diff)
+            return
+        res.compared += 1
+        supervised = diff.n_supervised > 0
+        if supervised:
+            res.assistant_tokens += diff.assistant_total - diff.cut
+        if not supervised:
+            self._view("LD101", diff)
+        prompt = {k: v for k, v in diff.extra.items() if k not in ("separator", "padding")}
+        if prompt:
+            res.prompt_supervised.add(line)
+            res.prompt_categories.update(prompt)
+            self._view("LD103", diff)
+        elif diff.extra.get("separator"):
+            res.separator_supervised.add(line)
+        if diff.extra.get("padding"):
+            res.padding_supervised.add(line)
+            res.prompt_categories["padding"] += diff.extra["padding"]
+        if supervised and diff.missing_tokens:
+            res.unsupervised_assistant.add(line)
+            res.missing_turns += diff.missing_turns
+            res.partial_turns += diff.partial_turns
+            res.missing_tokens += diff.missing_tokens
+            res.tail_samples += diff.tail
+            if diff.straddle_missing:
+                res.straddle_missing.add(line)
+            self._view("LD104", diff)
+        if supervised:
+            res.eot_total += diff.eot_total
+            res.eot_missing += diff.eot_missing
+            if diff.eot_missing:
+                if diff.eot_as_pad:
+                    res.eot_as_pad.add(line)
+                    res.eot_missing_as_pad += diff.eot_missing
+                    self._view("LD108", diff)
+                else:
+                    res.eot_unsupervised.add(line)
+                    self._view("LD105", diff)
+        if diff.shifted:
+            self._view("LD106", diff)
+        if diff.cut:
+            res.cut_tokens += diff.cut
+            if diff.cut >= diff.assistant_total:
+                res.truncated_all.add(line)
+            else:
+                res.truncated_part.add(line)
+            self._view("LD107", diff)
+
+    def _record_differ(self, diff: SampleDiff) -> None:
+        self.result.ids_differ.add(diff.line)
+        if self.result.first_differ is None:
+            self.result.first_differ = f"{diff.location}: {diff.differ}"
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _describe_difference(self, U: list[int], O: list[int], n: int, sample: OracleSample,
+                             os_: int) -> str:
+        user_text = self._decode(U)
+        if user_text == self._decode(O):
+            return (f"the same text tokenized differently (first difference at token {n}: the "
+                    f"template's ids give {_short(self._decode(O[n:n + 3]))}, yours "
+                    f"{_short(self._decode(U[n:n + 3]))}); tokenize the rendered conversation "
+                    f"in one call with add_special_tokens=False")
+        if self.facts.preamble and sample.truth.text.endswith(user_text) \
+                and sample.truth.text.startswith(self.facts.preamble):
+            return f"the template's preamble is missing: {_short(self.facts.preamble)}"
+        return (f"first difference at token {n}: the template has "
+                f"{_short(self._decode(O[n:n + 4]))}, yours has {_short(self._decode(U[n:n + 4]))}")
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False,
+                                     clean_up_tokenization_spaces=False)
+
+    def _view(self, key: str, diff: SampleDiff) -> None:
+        """A token view of the current sample for rule `key` (the first `show` per rule)."""
+        views = self.result.views.setdefault(key, [])
+        if len(views) >= self.show or diff.line in self._shown:
+            return
+        self._shown.add(diff.line)
+        item_ids, mask, oracle_mask = self._current
+        if key == "LD106":  # show the labels as the user wrote them, against the truth
+            mask = self._raw + [False] * (len(item_ids) - len(self._raw))
+        lo = max(0, (diff.focus or 0) - VIEW_BEFORE)
+        if key == "LD107":  # the cut is at the end
+            lo = max(0, len(item_ids) - VIEW_TOKENS)
+        hi = min(len(item_ids), lo + VIEW_TOKENS)
+        tokens = [self._decode([i]) for i in item_ids[lo:hi]]
+        title = f"{diff.location}  tokens {lo}-{hi} of {len(item_ids)}"
+        views.append(TokenView(title, tokens, mask[lo:hi],
+                               oracle_mask[lo:hi] if oracle_mask is not None else None))
+
+
+def _common_prefix(a: list[int], i: int, b: list[int], j: int) -> int:
+    n = 0
+    limit = min(len(a) - i, len(b) - j)
+    while n < limit and a[i + n] == b[j + n]:
+        n += 1
+    return n
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+class _Categories:
+    """What the oracle says a token is, by where its first character sits in the text."""
+
+    def __init__(self, sample: OracleSample, facts: TemplateFacts):
+        self.sample = sample
+        regions = sorted(sample.truth.regions)
+        self.starts = [s for s, _, _ in regions]
+        self.regions = regions
+        sep = facts.separator
+        text = sample.truth.text
+        self.seps = sorted((t.end, t.end + len(sep)) for t in sample.truth.turns
+                           if sep and text.startswith(sep, t.end))
+
+    def of(self, o: int) -> str:
+        a = self.sample.offsets[o][0]
+        i = bisect_right(self.starts, a) - 1
+        if i >= 0 and self.regions[i][0] <= a < self.regions[i][1]:
+            return self.regions[i][2]
+        for s, e in self.seps:
+            if s <= a < e:
+                return "separator"
+        return "template"
+
+
+def _marker_counts(marker: Marker, sample: OracleSample) -> tuple[int, int]:
+    """Occurrences of the marker's text in template-written text vs of its ids in the tokens."""
+    text, ids = sample.truth.text, marker.ids
+    if not marker.text:
+        return 0, 0
+    contents = [(s, e) for s, e, _ in sample.truth.regions] + \
+        [t.content for t in sample.truth.turns if t.content]
+    text_n, p = 0, text.find(marker.text)
+    while p >= 0:
+        if not any(s <= p < e for s, e in contents):
+            text_n += 1
+        p = text.find(marker.text, p + 1)
+    O, m = sample.ids, len(ids)
+    token_n = sum(1 for i in range(len(O) - m + 1) if O[i] == ids[0] and O[i:i + m] == ids)
+    return text_n, token_n
+
+
+def compare_dataset(user: UserData, records, oracle, stats: DataStats, markers: list[Marker],
+                    show: int, advance=lambda n=1: None) -> Comparison:
+    """Ask the user's code for every sample and compare it with the oracle (streamed)."""
+    comparer = Comparer(oracle.facts, user, markers, oracle.tokenizer, show)
+    res = comparer.result
+    n_items = len(user) if user.kind == "class" else None
+    res.n_items = n_items
+    index = 0
+    for rec in records:
+        res.n_records += 1
+        if (n_items is not None and index >= n_items) or rec.messages is None:
+            index += 1  # unreadable records keep their place: item i is the file's record i
+            continue
+        sample = oracle.sample(rec.messages)
+        stats.add(rec.line, sample, None)
+        item = user.item(index, rec.messages, rec.location)
+        comparer.add(rec.line, rec.location, item, sample)
+        index += 1
+        advance(1)
+    return res

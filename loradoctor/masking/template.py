@@ -1,0 +1,228 @@
+"""What a chat template looks like, learned once per tokenizer by rendering probe conversations.
+
+Nothing here comes from a table of model families: the assistant header is what the template
+writes for `add_generation_prompt=True`, the end-of-turn token is the first added token the
+template writes after an assistant reply, the preamble is what it writes before the first user
+turn when there is no system message, and so on. Every probe uses plain sentinel contents, so a
+template that inspects content (Qwen3 looks for `</think>`) sees nothing special.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+PROBE_SYSTEM = "loradoctor system probe"
+PROBE_USER = "loradoctor user probe"
+PROBE_USER_2 = "loradoctor second user probe"
+PROBE_ASSISTANT = "loradoctor assistant probe"
+PROBE_ASSISTANT_2 = "loradoctor second assistant probe"
+PROBE_REASONING = "loradoctor reasoning probe"
+
+GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+SPECIAL_VARS = ("bos_token", "eos_token", "pad_token", "unk_token")
+
+
+def _msg(role: str, content: str) -> dict[str, str]:
+    return {"role": role, "content": content}
+
+
+class Renderer:
+    """Renders conversations exactly as `apply_chat_template(..., tokenize=False)` would.
+
+    The template receives the tokenizer's special tokens as variables (`bos_token`, ...), as in
+    transformers. `render(..., generation=True)` also returns the character spans of the
+    template's `{% generation %}` blocks (only meaningful when the template has them).
+    """
+
+    def __init__(self, tokenizer):
+        template = getattr(tokenizer, "chat_template", None)
+        if not isinstance(template, str):
+            template = tokenizer.get_chat_template()
+        self.template: str = template
+        self.kwargs: dict[str, Any] = {k: (v if isinstance(v, (str, list)) else str(v))
+                                       for k, v in tokenizer.special_tokens_map.items()}
+        self.has_generation = bool(GENERATION_TAG.search(template))
+        try:
+            from transformers.utils.chat_template_utils import render_jinja_template
+        except ImportError:  # older transformers: go through the tokenizer (slower, same text)
+            render_jinja_template = None
+        self._render_jinja = render_jinja_template
+        self._tokenizer = tokenizer
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = False,
+               generation: bool = False) -> tuple[str, list[tuple[int, int]] | None]:
+        if self._render_jinja is None:
+            text = self._tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+            return text, None
+        want = generation and self.has_generation
+        rendered, spans = self._render_jinja(
+            conversations=[messages], chat_template=self.template,
+            return_assistant_tokens_mask=want, add_generation_prompt=add_generation_prompt,
+            **self.kwargs)
+        return rendered[0], ([tuple(s) for s in spans[0]] if want else None)
+
+    def text(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        return self.render(messages, add_generation_prompt)[0]
+
+
+@dataclass
+class TemplateFacts:
+    """The template's structure, as measured on probe conversations."""
+
+    assistant_header: str | None = None  # "<|im_start|>assistant\n"
+    end_of_turn: str | None = None  # "<|im_end|>" / "<|eot_id|>": closes every assistant turn
+    end_of_turn_id: int | None = None
+    separator: str = ""  # template text right after the end-of-turn token ("\n" in ChatML)
+    user_header: str | None = None
+    closes: dict[str, str] = field(default_factory=dict)  # role -> token closing its content
+    preamble: str = ""  # written before the first user turn when there is no system message
+    bos_token: str | None = None
+    bos_id: int | None = None
+    eos_token: str | None = None
+    eos_id: int | None = None
+    pad_token: str | None = None
+    pad_id: int | None = None
+    emits_bos: bool = False  # the rendered text starts with the BOS token
+    adds_bos: bool = False  # tokenizer(text) (add_special_tokens=True) prepends a BOS
+    adds_eos: bool = False
+    has_generation: bool = False
+    rewrites_history: str | None = None  # how, when earlier turns render differently
+    drops_reasoning: bool = False  # <think> blocks of earlier assistant turns are dropped
+    system_error: str | None = None  # the template refuses a system message
+    alternation_error: str | None = None  # the template refuses two user turns in a row
+    missing_vars: list[str] = field(default_factory=list)  # read by the template, None here
+    problems: list[str] = field(default_factory=list)  # what could not be learned
+
+    def to_evidence(self) -> dict[str, Any]:
+        return {"assistant_header": self.assistant_header, "end_of_turn": self.end_of_turn,
+                "end_of_turn_id": self.end_of_turn_id, "separator": self.separator,
+                "emits_bos": self.emits_bos, "adds_bos": self.adds_bos,
+                "has_generation": self.has_generation, "rewrites_history": self.rewrites_history}
+
+
+def _error(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _special_ids(tokenizer) -> set[int]:
+    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    ids.update(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    return ids
+
+
+def _id_of(tokenizer, token: str | None) -> int | None:
+    if token is None:
+        return None
+    ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+    return ids[0] if len(ids) == 1 else None
+
+
+def learn(tokenizer, renderer: Renderer | None = None) -> TemplateFacts:
+    """Measure the template's structure; what cannot be measured is listed in `problems`."""
+    r = renderer or Renderer(tokenizer)
+    f = TemplateFacts(has_generation=r.has_generation)
+    for name in ("bos", "eos", "pad"):
+        token = getattr(tokenizer, f"{name}_token", None)
+        setattr(f, f"{name}_token", token)
+        setattr(f, f"{name}_id", getattr(tokenizer, f"{name}_token_id", None))
+    f.missing_vars = [v for v in SPECIAL_VARS
+                      if re.search(rf"\b{v}\b", r.template) and getattr(tokenizer, v, None) is None]
+
+    user = [_msg("user", PROBE_USER)]
+    pair = user + [_msg("assistant", PROBE_ASSISTANT)]
+    try:
+        user_text = r.text(user)
+        gen_text = r.text(user, add_generation_prompt=True)
+        pair_text = r.text(pair)
+    except Exception as exc:  # noqa: BLE001 - a template that cannot render is a finding
+        f.problems.append(f"the template cannot render [user, assistant]: {_error(exc)}")
+        return f
+
+    # The assistant header: what add_generation_prompt appends, else what precedes the reply.
+    if gen_text.startswith(user_text) and len(gen_text) > len(user_text):
+        f.assistant_header = gen_text[len(user_text):]
+    elif pair_text.startswith(user_text) and PROBE_ASSISTANT in pair_text:
+        f.assistant_header = pair_text[len(user_text):pair_text.index(PROBE_ASSISTANT)]
+        f.problems.append("add_generation_prompt adds nothing; the assistant header was taken "
+                          "from a rendered reply")
+    if f.assistant_header is not None and f.assistant_header not in pair_text:
+        f.problems.append(f"the generation prompt {f.assistant_header!r} does not occur in a "
+                          f"rendered conversation")
+        f.assistant_header = None
+
+    # The end-of-turn token: the first added token right after the reply.
+    after = pair_text[pair_text.index(PROBE_ASSISTANT) + len(PROBE_ASSISTANT):] \
+        if PROBE_ASSISTANT in pair_text else ""
+    f.end_of_turn, f.separator = _first_control_token(tokenizer, after)
+    if f.end_of_turn is None and after.strip():
+        f.end_of_turn, f.separator = after.rstrip(), after[len(after.rstrip()):]
+    f.end_of_turn_id = _id_of(tokenizer, f.end_of_turn)
+    f.closes["user"] = _first_control_token(
+        tokenizer, pair_text[pair_text.index(PROBE_USER) + len(PROBE_USER):])[0] or ""
+
+    four = pair + [_msg("user", PROBE_USER_2), _msg("assistant", PROBE_ASSISTANT_2)]
+    try:
+        four_text = r.text(four)
+        if not four_text.startswith(pair_text):
+            f.rewrites_history = ("an assistant turn renders differently once a later user turn "
+                                  "follows, so supervision follows the full conversation's "
+                                  "rendering")
+        a_end = four_text.index(PROBE_ASSISTANT) + len(PROBE_ASSISTANT) \
+            + len(f.end_of_turn or "") + len(f.separator)
+        if PROBE_USER_2 in four_text:
+            f.user_header = four_text[a_end:four_text.index(PROBE_USER_2)]
+    except Exception as exc:  # noqa: BLE001
+        f.problems.append(f"the template cannot render a two-turn conversation: {_error(exc)}")
+    prefix = user_text[:user_text.index(PROBE_USER)] if PROBE_USER in user_text else ""
+    if f.user_header and prefix.endswith(f.user_header):
+        f.preamble = prefix[:len(prefix) - len(f.user_header)]
+
+    thinking = [_msg("user", PROBE_USER),
+                _msg("assistant", f"<think>\n{PROBE_REASONING}\n</think>\n\n{PROBE_ASSISTANT}"),
+                _msg("user", PROBE_USER_2), _msg("assistant", PROBE_ASSISTANT_2)]
+    try:
+        f.drops_reasoning = PROBE_REASONING not in r.text(thinking)
+    except Exception:  # noqa: BLE001 - only a description; rendering errors show per record
+        pass
+
+    try:
+        sys_text = r.text([_msg("system", PROBE_SYSTEM)] + pair)
+        if PROBE_SYSTEM not in sys_text:
+            f.system_error = "the template drops the system message"
+        else:
+            f.closes["system"] = _first_control_token(
+                tokenizer, sys_text[sys_text.index(PROBE_SYSTEM) + len(PROBE_SYSTEM):])[0] or ""
+    except Exception as exc:  # noqa: BLE001
+        f.system_error = _error(exc)
+    try:
+        r.text([_msg("user", PROBE_USER), _msg("user", PROBE_USER_2),
+                _msg("assistant", PROBE_ASSISTANT)])
+    except Exception as exc:  # noqa: BLE001
+        f.alternation_error = _error(exc)
+
+    f.emits_bos = bool(f.bos_token) and pair_text.startswith(f.bos_token)
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    without = tokenizer("a", add_special_tokens=False)["input_ids"]
+    f.adds_bos = (f.bos_id is not None and len(with_special) > len(without)
+                  and with_special[0] == f.bos_id)
+    f.adds_eos = (f.eos_id is not None and len(with_special) > len(without)
+                  and with_special[-1] == f.eos_id)
+    if f.assistant_header is None:
+        f.problems.append("no assistant header could be learned from the template")
+    return f
+
+
+def _first_control_token(tokenizer, text: str) -> tuple[str | None, str]:
+    """The added token `text` starts with (as the template wrote it) and what follows it."""
+    if not text:
+        return None, ""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    if not ids or offsets[0][0] != 0 or ids[0] not in _special_ids(tokenizer):
+        return None, text
+    end = offsets[0][1]
+    return text[:end], text[end:]
