@@ -72,17 +72,11 @@ def print_report(report: Report, *, title: str, verbose: bool = False,
     for result in report.results:
         if result in skipped and not verbose:
             continue
-        mark, style = MARKS[result.status]
-        line = Text(f" {mark} ", style=style)
-        line.append(f"{result.code} ", style="bold")
-        line.append(f"{result.name}", style=style if result.status is not Status.PASS else "")
-        if result.summary:
-            line.append(f"  {result.summary}", style="dim" if result.status is Status.PASS else "")
-        out.print(line)
+        out.print(_check_line(result))
         for f in result.findings:
             out.print(_indent(_finding(f, verbose), 5))
         for view in result.views:
-            out.print(_indent(render_view(view), 5))
+            out.print(_indent(render_view(view, plain=out.no_color or not out.color_system), 5))
         if result.traceback and verbose:
             out.print(_indent(Text(result.traceback.rstrip(), style="magenta"), 5))
     if skipped and not verbose:
@@ -92,27 +86,43 @@ def print_report(report: Report, *, title: str, verbose: bool = False,
         for reason, codes in reasons.items():
             out.print(Text(f" - skipped {_code_list(codes)}: {reason}", style="dim"))
     for view in report.views:
-        out.print(render_view(view))
+        out.print(render_view(view, plain=out.no_color or not out.color_system))
     out.print(_summary_line(report))
 
 
-def _finding(f, verbose: bool) -> Group:
-    """severity code location message; fix and evidence indented under it."""
-    head = Text()
-    head.append(f"{f.severity.value:<8}", style=SEVERITY_STYLE[f.severity])
+def _check_line(result) -> RichTable:
+    """` ✓ LD101 name  summary`, the summary wrapping under itself, not under the mark."""
+    mark, style = MARKS[result.status]
+    grid = RichTable.grid(padding=(0, 2))
+    grid.add_column(no_wrap=True)
+    grid.add_column()
+    head = Text(f" {mark} ", style=style)
+    head.append(f"{result.code} ", style="bold")
+    head.append(result.name, style=style if result.status is not Status.PASS else "")
+    summary = Text(result.summary or "", style="dim" if result.status is Status.PASS else "")
+    grid.add_row(head, summary)
+    return grid
+
+
+def _finding(f, verbose: bool) -> RichTable:
+    """severity | code location message, with the fix and evidence hanging under the message."""
+    grid = RichTable.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True, min_width=7)
+    grid.add_column()
+    body = Text()
     if f.code != "LD001":
-        head.append(f"{f.code} ", style="bold")
+        body.append(f"{f.code} ", style="bold")
     if f.location:
-        head.append(f"{f.location}  ", style="cyan")
-    head.append(f.message)
-    parts = [head]
+        body.append(f"{f.location}  ", style="cyan")
+    body.append(f.message)
+    grid.add_row(Text(f.severity.value, style=SEVERITY_STYLE[f.severity]), body)
     if f.fix:
-        parts.append(_indent(Text.assemble(("fix: ", "green"), f.fix), 8))
+        grid.add_row("", Text.assemble(("fix: ", "green"), f.fix))
     if verbose and f.evidence:
         ev = json.dumps(jsonable(f.evidence), ensure_ascii=False)
-        parts.append(_indent(Text("evidence: " + (ev if len(ev) < 400 else ev[:400] + " ..."),
-                                  style="dim"), 8))
-    return Group(*parts)
+        grid.add_row("", Text("evidence: " + (ev if len(ev) < 400 else ev[:400] + " ..."),
+                              style="dim"))
+    return grid
 
 
 def _indent(renderable, left: int) -> Padding:
@@ -148,9 +158,9 @@ def _code_list(codes: list[str]) -> str:
 # --- views -------------------------------------------------------------------------------
 
 
-def render_view(view):
+def render_view(view, plain: bool = False):
     if isinstance(view, TokenView):
-        return token_view(view)
+        return token_view(view, plain)
     if isinstance(view, Table):
         return table_view(view)
     if isinstance(view, Curve):
@@ -158,29 +168,50 @@ def render_view(view):
     return Text(str(view))
 
 
-def token_view(view: TokenView) -> Group:
-    """Tokens coloured by supervision: green trained, dim masked, red/yellow where we disagree."""
+# How each token class looks: (style in colour, wrapper in plain text for logs without colour)
+TOKEN_LOOKS = {
+    "trained": ("black on green", "[{}]"),
+    "masked": ("dim", "{}"),
+    "missed": ("bold white on red", "!{}!"),   # should be trained, is masked
+    "extra": ("bold black on yellow", "?{}?"),  # trained, should be masked
+}
+TOKEN_LEGEND = {"trained": "trained", "masked": "masked",
+                "missed": "should be trained, is masked", "extra": "trained, should be masked"}
+
+
+def token_view(view: TokenView, plain: bool = False) -> Group:
+    """Tokens by supervision: trained, masked, and where the user and the template disagree.
+
+    In colour, classes are backgrounds; in plain text (CI logs) they are wrappers, so the
+    view still says which token is which.
+    """
     text = Text()
     for i, tok in enumerate(view.tokens):
-        shown = tok.replace("\n", "⏎\n").replace("\t", "⇥") or "∅"
+        shown = tok.replace("\n", "⏎").replace("\t", "⇥") or "∅"
         user = view.user[i] if i < len(view.user) else False
         truth = view.oracle[i] if view.oracle is not None and i < len(view.oracle) else None
         if truth is not None and truth and not user:
-            style = "bold white on red"  # should be trained, is masked
+            kind = "missed"
         elif truth is not None and user and not truth:
-            style = "bold black on yellow"  # trained, should be masked
-        elif user:
-            style = "black on green"
+            kind = "extra"
         else:
-            style = "dim"
-        text.append(shown, style=style)
-        text.append("│" if not shown.endswith("\n") else "", style="dim")
-    legend = Text.assemble(("trained", "black on green"), " ", ("masked", "dim"))
-    if view.oracle is not None:
-        legend.append(" ")
-        legend.append("should be trained, is masked", style="bold white on red")
-        legend.append(" ")
-        legend.append("trained, should be masked", style="bold black on yellow")
+            kind = "trained" if user else "masked"
+        style, wrapper = TOKEN_LOOKS[kind]
+        text.append(wrapper.format(shown) if plain else shown, style=style)
+        if "⏎" in shown:
+            text.append("\n")
+        elif not plain:
+            text.append("│", style="dim")
+        else:
+            text.append(" ")
+    text.rstrip()
+    kinds = ["trained", "masked"] + (["missed", "extra"] if view.oracle is not None else [])
+    legend = Text("legend: ", style="dim")
+    for i, kind in enumerate(kinds):
+        style, wrapper = TOKEN_LOOKS[kind]
+        legend.append(" · " if i else "")
+        label = TOKEN_LEGEND[kind]
+        legend.append(wrapper.format(label) if plain else label, style=style)
     return Group(Text(view.title, style="bold"), text, legend)
 
 
