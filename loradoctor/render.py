@@ -13,6 +13,7 @@ import re
 import sys
 from typing import Iterable
 
+from rich import box
 from rich.console import Console, Group
 from rich.markdown import Markdown
 from rich.padding import Padding
@@ -55,7 +56,7 @@ def console(stderr: bool = False) -> Console:
     if not con.is_terminal:
         stream = sys.stderr if stderr else sys.stdout
         con = Console(file=_StripTrailingSpaces(stream), highlight=False, soft_wrap=False,
-                      width=None if "COLUMNS" in os.environ else 110)
+                      width=None if "COLUMNS" in os.environ else 140)
     return con
 
 
@@ -73,8 +74,11 @@ def print_report(report: Report, *, title: str, verbose: bool = False,
         if result in skipped and not verbose:
             continue
         out.print(_check_line(result))
-        for f in result.findings:
-            out.print(_indent(_finding(f, verbose), 5))
+        for i, f in enumerate(result.findings):
+            # A fix shared by consecutive findings is said once, after the last of them.
+            nxt = result.findings[i + 1] if i + 1 < len(result.findings) else None
+            shared_fix = nxt is not None and nxt.fix == f.fix and not verbose
+            out.print(_indent(_finding(f, verbose, show_fix=not shared_fix), 5))
         for view in result.views:
             out.print(_indent(render_view(view, plain=out.no_color or not out.color_system), 5))
         if result.traceback and verbose:
@@ -84,7 +88,12 @@ def print_report(report: Report, *, title: str, verbose: bool = False,
         for r in skipped:
             reasons.setdefault(r.summary or "not applicable", []).append(r.code)
         for reason, codes in reasons.items():
-            out.print(Text(f" - skipped {_code_list(codes)}: {reason}", style="dim"))
+            grid = RichTable.grid(padding=(0, 1))
+            grid.add_column(no_wrap=True)
+            grid.add_column()
+            grid.add_row(Text(f" - skipped {_code_list(codes)}:", style="dim"),
+                         Text(reason, style="dim"))
+            out.print(grid)
     for view in report.views:
         out.print(render_view(view, plain=out.no_color or not out.color_system))
     out.print(_summary_line(report))
@@ -104,7 +113,7 @@ def _check_line(result) -> RichTable:
     return grid
 
 
-def _finding(f, verbose: bool) -> RichTable:
+def _finding(f, verbose: bool, show_fix: bool = True) -> RichTable:
     """severity | code location message, with the fix and evidence hanging under the message."""
     grid = RichTable.grid(padding=(0, 1))
     grid.add_column(no_wrap=True, min_width=7)
@@ -116,7 +125,7 @@ def _finding(f, verbose: bool) -> RichTable:
         body.append(f"{f.location}  ", style="cyan")
     body.append(f.message)
     grid.add_row(Text(f.severity.value, style=SEVERITY_STYLE[f.severity]), body)
-    if f.fix:
+    if f.fix and show_fix:
         grid.add_row("", Text.assemble(("fix: ", "green"), f.fix))
     if verbose and f.evidence:
         ev = json.dumps(jsonable(f.evidence), ensure_ascii=False)
@@ -216,9 +225,10 @@ def token_view(view: TokenView, plain: bool = False) -> Group:
 
 
 def table_view(view: Table) -> RichTable:
-    table = RichTable(title=view.title, title_justify="left", show_lines=False, pad_edge=False)
+    table = RichTable(title=view.title, title_justify="left", show_lines=False, pad_edge=False,
+                      box=box.SIMPLE_HEAD)
     for col in view.columns:
-        table.add_column(str(col))
+        table.add_column(str(col), overflow="fold")
     for row in view.rows:
         table.add_row(*[_cell(v) for v in row])
     return table
