@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--show", type=int, default=3, metavar="N",
                     help="colored token views for up to N failing samples (default 3)")
     ds.add_argument("--workers", type=int, default=1, metavar="N",
-                    help="processes for tokenization (default 1)")
+                    help="processes for rendering and tokenizing the data (default 1; "
+                         "--dataset code always runs in this process)")
     _common(ds)
 
     md = sub.add_parser("check-model", help="your LoRA code (or PEFT) on a real model",
@@ -83,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     md.add_argument("--train-steps", type=int, default=0, metavar="N",
                     help="also run N real optimizer steps and report the training signal")
+    md.add_argument("--fp16-headroom", type=float, default=4.0, metavar="X",
+                    help="warn (LD302) when an fp32 activation is within X times fp16's limit "
+                         "65504 (default 4)")
     _common(md)
 
     rl = sub.add_parser("rules", help="list the rules, or print one rule's documentation")
@@ -167,6 +171,9 @@ def _dispatch(args) -> int:
             Path(args.tokenizer) if args.tokenizer else None,
             dtypes, resolve_device(args.device), max(0, args.train_steps),
         )
+        if args.fp16_headroom <= 1:
+            raise InputError(f"--fp16-headroom {args.fp16_headroom:g}: must be above 1")
+        ctx.fp16_headroom = args.fp16_headroom
         what = args.apply or (f"peft {args.peft}" if args.peft else "no adapter code")
         title = f"loradoctor check-model · {args.model} · {what}"
     err = console(stderr=True)

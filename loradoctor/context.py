@@ -103,6 +103,7 @@ class ModelContext(_Memo):
     seed: int = 0
     summary: dict[str, Any] = field(default_factory=dict)
     views: list = field(default_factory=list)
+    fp16_headroom: float = 4.0  # LD302: warn when a fp32 peak is within this factor of 65504
 
     def validate_inputs(self) -> None:
         load.local_dir(self.model_dir, "model")

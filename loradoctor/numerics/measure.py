@@ -1,0 +1,569 @@
+"""One forward+backward per dtype on the probe batch, with hooks on every module.
+
+What one pass records (`DtypePass`):
+
+- per module (forward hooks, and a gradient hook on each output tensor): the largest absolute
+  output value and the largest absolute gradient of that output, and whether either held
+  inf/nan, with the order in which the module finished (forward) or received its gradient
+  (backward). Modules finish inside-out, so the *first* module in forward order whose output
+  is non-finite is the one that produced the inf, not its parents;
+- the loss and, against the fp32 pass, the loss difference, the largest logit difference
+  (absolute, and relative to the largest fp32 logit) and how often the top-1 token agrees;
+- the trainable parameters' gradients against fp32: how many of the values that are non-zero
+  in fp32 come out exactly zero (underflow, lost) or non-finite.
+
+The passes run on the user's model itself, cast *in place* one dtype at a time and restored
+exactly afterwards: each parameter's `.data` and `.grad` and each floating buffer is put back
+as the very same tensor object, so values, dtypes, storage, `requires_grad`, train/eval mode and
+the RNG states are as found. We cast in place rather than deep-copying because hand-written
+LoRA binds `module.forward` into closures: a deep copy of such a model still calls the
+original's weights. While a pass runs, the model holds one cast copy of its floating tensors
+(half the fp32 size in fp16/bf16) beside the kept fp32 originals; nothing else is copied.
+
+A pass is `model.to(dtype)` semantics: every floating parameter and buffer in that dtype
+(base and adapters alike), the loss as the model computes it (Hugging Face upcasts logits to
+fp32 for the loss), no autocast and no loss scaling: what a "load in fp16 and train" run does
+on its first step. The model runs in eval mode (no dropout) so that dtypes are compared on the
+same computation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+FP16_MAX = 65504.0  # the largest finite fp16 value
+FP16_TINY = 2.0 ** -24  # the smallest fp16 subnormal: a value below half of it rounds to zero
+DTYPES = ("fp32", "bf16", "fp16")  # pass order: the fp32 reference first, the slow fp16 last
+
+
+@dataclass
+class NumericsOptions:
+    """The thresholds of the numerics rules: named, with defaults, never buried in a branch."""
+
+    fp16_headroom: float = 4.0  # LD302: warn when a fp32 peak is within this factor of 65504
+    top_modules: int = 5  # modules listed in a table / message
+    # LD303 (and the verdict for fp16): a lower-precision pass departs from fp32 when ...
+    loss_rtol: float = 0.05  # ... its loss differs by more than this share of the fp32 loss,
+    grad_cos_min: float = 0.9  # ... its trainable gradient's cosine to fp32's is below this,
+    logits_rtol: float = 0.25  # ... or a logit moves by more than this share of the largest one
+    grad_lost_warn: float = 0.01  # LD304: share of non-zero fp32 gradient values fp16 may zero
+    scaler_scale: float = 2.0 ** 16  # LD304: GradScaler's default initial scale
+    adamw_lr: float = 1e-4  # LD305: the simulated optimizer step (torch's AdamW defaults otherwise)
+    adamw_eps: float = 1e-8
+    adamw_weight_decay: float = 0.01
+    grad_sample_budget: int = 4_000_000  # trainable gradient values kept per dtype (strided)
+
+
+@dataclass
+class ModuleStat:
+    """One module's figures in one pass (peaks are max |value|; nan when a nan was seen)."""
+
+    name: str
+    order: int
+    peak: float
+    finite: bool
+    grad_order: int | None = None
+    grad_peak: float | None = None
+    grad_finite: bool | None = None
+
+
+@dataclass
+class Trainable:
+    """A trainable parameter as the user's code left it."""
+
+    name: str
+    dtype: str
+    numel: int
+
+
+@dataclass
+class DtypePass:
+    """One dtype's forward+backward on the probe batch."""
+
+    dtype: str
+    status: str = "ok"  # ok | unsupported (device cannot run it) | failed (the pass raised)
+    error: str | None = None
+    seconds: float = 0.0
+    loss: float | None = None  # as the model computes it (Hugging Face upcasts logits to fp32)
+    loss_in_dtype: float | None = None  # cross-entropy computed in this dtype, as a bare loop might
+    backward: bool = False  # False when nothing in the model is trainable
+    modules: list[ModuleStat] = field(default_factory=list)  # in forward order
+    # against the fp32 pass (None on fp32 itself)
+    loss_abs_diff: float | None = None
+    loss_rel_diff: float | None = None
+    logits_max_abs_diff: float | None = None
+    logits_rel_diff: float | None = None
+    top1_agreement: float | None = None
+    # trainable gradients against fp32 (sampled values; see NumericsOptions.grad_sample_budget)
+    grad_nonzero_fp32: int = 0
+    grad_lost: int = 0
+    grad_nonfinite: int = 0
+    grad_lost_by_param: dict[str, float] = field(default_factory=dict)
+    grad_cosine: float | None = None  # direction of the trainable gradient against fp32
+
+    @property
+    def ran(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def by_name(self) -> dict[str, ModuleStat]:
+        return {m.name: m for m in self.modules}
+
+    @property
+    def first_bad_forward(self) -> ModuleStat | None:
+        bad = [m for m in self.modules if not m.finite]
+        return min(bad, key=lambda m: m.order) if bad else None
+
+    @property
+    def first_bad_backward(self) -> ModuleStat | None:
+        bad = [m for m in self.modules if m.grad_finite is False]
+        return min(bad, key=lambda m: m.grad_order) if bad else None
+
+    @property
+    def finite(self) -> bool:
+        return (self.ran and self.first_bad_forward is None and self.first_bad_backward is None
+                and self.loss is not None and math.isfinite(self.loss))
+
+    @property
+    def grad_lost_fraction(self) -> float:
+        return self.grad_lost / self.grad_nonzero_fp32 if self.grad_nonzero_fp32 else 0.0
+
+    def top(self, n: int, key: str = "peak") -> list[ModuleStat]:
+        """The n modules with the largest finite forward (or gradient) peaks."""
+        vals = [(getattr(m, key), m) for m in self.modules]
+        vals = [(v, m) for v, m in vals if v is not None and math.isfinite(v)]
+        return [m for _, m in sorted(vals, key=lambda vm: -vm[0])[:n]]
+
+
+@dataclass
+class Measurement:
+    """Everything the numerics rules read: one `DtypePass` per dtype, fp32 first."""
+
+    requested: tuple[str, ...]  # dtypes asked for (auto: all three, unsupported ones skipped)
+    auto: bool
+    device: str
+    probe_shape: tuple[int, ...]
+    probe_source: str
+    passes: dict[str, DtypePass]
+    trainable: list[Trainable]
+    sample_stride: int = 1
+    # "fp32" / "fp16" -> trainable parameter name -> its gradient, flattened and strided
+    grad_samples: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def fp32(self) -> DtypePass:
+        return self.passes["fp32"]
+
+    def get(self, dtype: str) -> DtypePass | None:
+        return self.passes.get(dtype)
+
+    @property
+    def fp32_peak(self) -> ModuleStat | None:
+        top = self.fp32.top(1)
+        return top[0] if top else None
+
+    @property
+    def fp32_grad_peak(self) -> ModuleStat | None:
+        top = self.fp32.top(1, key="grad_peak")
+        return top[0] if top else None
+
+
+# --- the device ------------------------------------------------------------------------------
+
+
+def dtype_support(dtype: str, device: str) -> str | None:
+    """None when `device` runs a matmul forward+backward in `dtype`, else the reason it cannot."""
+    import torch
+
+    from ..load import torch_dtype
+
+    if dtype == "fp32":
+        return None
+    if device.startswith("cuda") and dtype == "bf16":
+        try:
+            ok = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # older torch without the keyword
+            ok = torch.cuda.is_bf16_supported()
+        if not ok:
+            return f"this GPU ({torch.cuda.get_device_name(device)}) has no native bf16"
+    try:
+        a = torch.ones(4, 4, dtype=torch_dtype(dtype), device=device, requires_grad=True)
+        (a @ a).sum().backward()
+    except Exception as exc:  # noqa: BLE001 - any failure means "this dtype does not run here"
+        return f"{dtype} matmul does not run on {device}: {_one_line(exc)}"
+    return None
+
+
+def resolve_dtypes(dtypes: tuple[str, ...] | None) -> tuple[tuple[str, ...], bool]:
+    """The dtypes to check in pass order, and whether they were chosen automatically."""
+    from ..load import DTYPES as ALIASES
+
+    if not dtypes:
+        return DTYPES, True
+    names = {ALIASES[d.lower()] for d in dtypes}
+    canon = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+    chosen = {canon[n] for n in names}
+    return tuple(d for d in DTYPES if d in chosen), False
+
+
+# --- keeping the user's model as found ---------------------------------------------------------
+
+
+@contextmanager
+def cast_in_place(model, dtype):
+    """Cast every floating parameter and buffer to `dtype`; put the very same tensors back after.
+
+    Gradients are set aside too (a pass accumulates its own), and restored as the same objects.
+    """
+    saved_params, saved_buffers, seen = [], [], set()
+    try:
+        for module in model.modules():
+            for p in module._parameters.values():
+                if p is None or id(p) in seen:
+                    continue
+                seen.add(id(p))
+                saved_params.append((p, p.data, p.grad))
+                p.grad = None
+                if p.is_floating_point() and p.dtype != dtype:
+                    p.data = p.data.to(dtype)
+            for name, b in module._buffers.items():
+                if b is not None and b.is_floating_point() and b.dtype != dtype:
+                    saved_buffers.append((module, name, b))
+                    module._buffers[name] = b.to(dtype)
+        yield
+    finally:
+        for p, data, grad in saved_params:
+            p.grad = None
+            p.data = data  # the original tensor object: same storage, dtype and values
+            p.grad = grad
+        for module, name, b in saved_buffers:
+            module._buffers[name] = b
+
+
+@contextmanager
+def preserved(model):
+    """Eval mode and gradients on for the passes; each module's mode and the RNG states restored."""
+    import torch
+
+    modes = [(m, m.training) for m in model.modules()]
+    cpu_rng = torch.random.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        model.eval()
+        # A caller under torch.inference_mode() (a gate inside an eval loop) still gets gradients.
+        with torch.inference_mode(False), torch.enable_grad():
+            yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        torch.random.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+
+# --- hooks -------------------------------------------------------------------------------------
+
+
+def _float_tensors(value, depth: int = 0) -> list:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [value] if value.is_floating_point() and value.numel() else []
+    if depth >= 2:
+        return []
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _float_tensors(v, depth + 1)]
+    if isinstance(value, dict):  # includes transformers' ModelOutput
+        return [t for v in value.values() for t in _float_tensors(v, depth + 1)]
+    return []
+
+
+def _peak(t):
+    """max |t| as a 0-d tensor on t's device (nan if t holds a nan); no host sync."""
+    import torch
+
+    lo, hi = torch.aminmax(t.detach())
+    return torch.maximum(lo.abs(), hi.abs()).float()
+
+
+class ModuleRecorder:
+    """Forward hooks on every named module (and gradient hooks on their outputs).
+
+    Records 0-d peak tensors and the order of events; `stats()` turns them into `ModuleStat`s
+    with one host transfer. A parent module whose output is the very tensor its last child
+    returned (an MLP and its down_proj) reuses the child's figure instead of scanning it again.
+    """
+
+    def __init__(self, model, backward: bool = True):
+        self.model = model
+        self.backward = backward
+        self.names: list[str] = []
+        self.fwd: list[tuple[int, Any]] = []  # (module index, peak) in completion order
+        self.bwd: list[tuple[int, Any]] = []  # (module index, grad peak) in backward order
+        self._handles: list = []
+        self._last_t = self._last_peak = None
+        self._last_g = self._last_gpeak = None
+
+    def __enter__(self):
+        for name, module in self.model.named_modules():
+            if not name:
+                continue  # the root: its output is the logits (lm_head's) and the loss
+            idx = len(self.names)
+            self.names.append(name)
+            self._handles.append(module.register_forward_hook(self._forward_hook(idx)))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._last_t = self._last_peak = self._last_g = self._last_gpeak = None
+        return False
+
+    def _forward_hook(self, idx: int) -> Callable:
+        import torch
+
+        def hook(module, args, output):
+            peaks = []
+            for t in _float_tensors(output):
+                if t is self._last_t:
+                    peak = self._last_peak  # the child's very tensor: no second scan
+                else:
+                    peak = _peak(t)
+                    self._last_t, self._last_peak = t, peak
+                peaks.append(peak)
+                if self.backward and t.requires_grad:
+                    self._handles.append(t.register_hook(self._grad_hook(idx)))
+            if peaks:
+                self.fwd.append((idx, peaks[0] if len(peaks) == 1 else torch.stack(peaks).max()))
+        return hook
+
+    def _grad_hook(self, idx: int) -> Callable:
+        def hook(grad):
+            if grad is self._last_g:
+                peak = self._last_gpeak
+            else:
+                peak = _peak(grad)
+                self._last_g, self._last_gpeak = grad, peak
+            self.bwd.append((idx, peak))
+        return hook
+
+    def stats(self) -> list[ModuleStat]:
+        import torch
+
+        if not self.fwd:
+            return []
+        fwd = torch.stack([p for _, p in self.fwd]).cpu().tolist()
+        bwd = torch.stack([p for _, p in self.bwd]).cpu().tolist() if self.bwd else []
+        out: dict[int, ModuleStat] = {}
+        for order, ((idx, _), peak) in enumerate(zip(self.fwd, fwd)):
+            finite = math.isfinite(peak)
+            s = out.get(idx)
+            if s is None:
+                out[idx] = ModuleStat(self.names[idx], order, peak, finite)
+            else:
+                s.peak = peak if not finite or not s.finite else max(s.peak, peak)
+                s.finite = s.finite and finite
+        for order, ((idx, _), peak) in enumerate(zip(self.bwd, bwd)):
+            s = out[idx]
+            finite = math.isfinite(peak)
+            if s.grad_order is None:
+                s.grad_order, s.grad_peak, s.grad_finite = order, peak, finite
+            else:
+                s.grad_peak = peak if not finite or not s.grad_finite else max(s.grad_peak, peak)
+                s.grad_finite = s.grad_finite and finite
+        return sorted(out.values(), key=lambda s: s.order)
+
+
+# --- one pass ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Reference:
+    logits: Any  # (B, T, V) fp32
+    top1: Any  # (B, T)
+    logits_peak: float
+    loss: float | None
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+        torch.cuda.synchronize(device)
+
+
+def _loss_of(out, logits, labels):
+    import torch.nn.functional as F
+
+    loss = getattr(out, "loss", None)
+    if loss is not None:
+        return loss
+    # A model without a built-in loss: next-token cross-entropy in fp32, as HF computes it.
+    shift = logits[:, :-1].float().reshape(-1, logits.shape[-1])  # (B*(T-1), V)
+    return F.cross_entropy(shift, labels[:, 1:].reshape(-1), ignore_index=-100)
+
+
+def run_pass(model, probe: dict, dtype: str, device: str, trainable: list[tuple[str, Any]],
+             stride: int, ref: _Reference | None) -> tuple[DtypePass, _Reference | None, dict]:
+    """One forward+backward of `model` cast to `dtype`; returns the pass, the fp32 reference
+    (when `ref` is None, i.e. this is the fp32 pass) and the sampled trainable gradients."""
+    import torch
+
+    from ..load import torch_dtype
+
+    result = DtypePass(dtype)
+    grads: dict[str, Any] = {}
+    new_ref = None
+    recorder = ModuleRecorder(model)
+    _sync(device)
+    start = time.perf_counter()
+    try:
+        with cast_in_place(model, torch_dtype(dtype)), recorder:
+            out = model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"],
+                        labels=probe["labels"], use_cache=False)
+            logits = out.logits  # (B, T, V)
+            loss = _loss_of(out, logits, probe["labels"])
+            del out
+            result.loss = float(loss.detach())
+            if ref is None:
+                ref_logits = logits.detach().float()
+                new_ref = _Reference(ref_logits, ref_logits.argmax(-1),
+                                     float(_peak(ref_logits)), result.loss)
+            else:
+                _compare_logits(result, logits.detach(), ref)
+            if dtype != "fp32":
+                result.loss_in_dtype = _loss_in_dtype(logits.detach(), probe["labels"])
+            del logits
+            if loss.requires_grad:
+                loss.backward()
+                result.backward = True
+            del loss
+            for name, p in trainable:
+                g = p.grad
+                sample = (g.detach().reshape(-1)[::stride] if g is not None
+                          else torch.zeros_like(p.detach().reshape(-1)[::stride]))
+                grads[name] = sample.clone()
+            _sync(device)
+    except Exception as exc:  # noqa: BLE001 - a dtype that cannot run is a finding's reason
+        result.status, result.error = "failed", _one_line(exc)
+    result.seconds = time.perf_counter() - start
+    result.modules = recorder.stats() if result.ran else []
+    return result, new_ref, grads
+
+
+def _loss_in_dtype(logits, labels) -> float | None:
+    """Next-token cross-entropy computed in the logits' own dtype (no upcast)."""
+    import torch.nn.functional as F
+
+    try:
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                               labels[:, 1:].reshape(-1), ignore_index=-100)
+    except Exception:  # noqa: BLE001 - a dtype without a cross-entropy kernel here
+        return None
+    return float(loss)
+
+
+def _compare_logits(result: DtypePass, logits, ref: _Reference) -> None:
+    import torch
+
+    if ref.loss is not None and result.loss is not None:
+        result.loss_abs_diff = abs(result.loss - ref.loss)
+        result.loss_rel_diff = result.loss_abs_diff / max(abs(ref.loss), 1e-12)
+    worst, agree = torch.zeros((), device=logits.device), 0
+    for b in range(logits.shape[0]):  # row by row: one (T, V) fp32 temporary at a time
+        diff = (logits[b].float() - ref.logits[b]).abs().max()
+        worst = torch.maximum(worst, diff)  # nan propagates
+        agree += int((logits[b].argmax(-1) == ref.top1[b]).sum())
+    result.logits_max_abs_diff = float(worst)
+    result.logits_rel_diff = result.logits_max_abs_diff / max(ref.logits_peak, 1e-12)
+    result.top1_agreement = agree / ref.top1.numel()
+
+
+def _compare_grads(result: DtypePass, grads: dict, ref_grads: dict) -> None:
+    import torch
+
+    dot = norm = ref_norm = 0.0
+    for name, g in grads.items():
+        r = ref_grads[name].double()  # float64: squares of large gradients must not overflow
+        gf = g.double()
+        if torch.isfinite(gf).all():
+            dot += float((gf * r).sum())
+            norm += float((gf * gf).sum())
+        else:
+            dot = norm = math.nan
+        ref_norm += float((r * r).sum())
+        nonzero = r != 0
+        n = int(nonzero.sum())
+        lost = int((nonzero & (g == 0)).sum())
+        result.grad_nonzero_fp32 += n
+        result.grad_lost += lost
+        result.grad_nonfinite += int((~torch.isfinite(g)).sum())
+        if n:
+            result.grad_lost_by_param[name] = lost / n
+    if ref_norm > 0 and norm == norm:
+        result.grad_cosine = dot / math.sqrt(ref_norm * norm) if norm > 0 else 0.0
+    elif ref_norm > 0:
+        result.grad_cosine = math.nan
+
+
+# --- all passes --------------------------------------------------------------------------------
+
+
+def measure(model, probe: dict, *, dtypes: tuple[str, ...] | None, device: str,
+            options: NumericsOptions | None = None,
+            on_pass: Callable[[DtypePass], None] | None = None) -> Measurement:
+    """Run the fp32 reference pass and one pass per other dtype, one cast at a time.
+
+    `on_pass` is called with each finished pass (for a progress bar).
+    """
+    options = options or NumericsOptions()
+    order, auto = resolve_dtypes(dtypes)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    total = sum(p.numel() for _, p in trainable)
+    stride = max(1, math.ceil(total / options.grad_sample_budget))
+    m = Measurement(requested=order, auto=auto, device=device,
+                    probe_shape=tuple(probe["input_ids"].shape),
+                    probe_source=str(probe.get("source", "")), passes={},
+                    trainable=[Trainable(n, _dtype_name(p.dtype), p.numel()) for n, p in trainable],
+                    sample_stride=stride)
+    start = time.perf_counter()
+    ref, ref_grads = None, {}
+    with preserved(model):
+        for dtype in ("fp32", *[d for d in order if d != "fp32"]):
+            reason = dtype_support(dtype, device)
+            if reason:
+                result = m.passes[dtype] = DtypePass(dtype, status="unsupported", error=reason)
+            elif dtype != "fp32" and (ref is None or not m.fp32.ran):
+                result = m.passes[dtype] = DtypePass(
+                    dtype, status="failed", error="not run: the fp32 reference pass failed")
+            else:
+                result, new_ref, grads = run_pass(model, probe, dtype, device, trainable, stride,
+                                                  ref)
+                m.passes[dtype] = result
+                if dtype == "fp32":
+                    ref, ref_grads = new_ref, grads
+                    m.grad_samples["fp32"] = grads
+                elif result.ran:
+                    _compare_grads(result, grads, ref_grads)
+                    if dtype == "fp16":
+                        m.grad_samples["fp16"] = grads
+                del grads
+            if on_pass:
+                on_pass(result)
+    m.seconds = time.perf_counter() - start
+    return m
+
+
+def _dtype_name(dtype) -> str:
+    return {"torch.float32": "fp32", "torch.float16": "fp16",
+            "torch.bfloat16": "bf16"}.get(str(dtype), str(dtype).replace("torch.", ""))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
