@@ -7,6 +7,7 @@ Exit codes (the contract): 0 no error finding, 1 an error finding or a crashed c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import traceback
@@ -178,18 +179,19 @@ def _dispatch(args) -> int:
         title = f"loradoctor check-model · {args.model} · {what}"
     err = console(stderr=True)
     show_progress = err.is_terminal and not args.json
-    if show_progress:
-        with err.status("loading inputs ..."):
+    # The user's code runs inside these calls; whatever it prints goes to stderr, so stdout
+    # holds only the report (and exactly one JSON object under --json).
+    with contextlib.redirect_stdout(sys.stderr):
+        if show_progress:
+            with err.status("loading inputs ..."):
+                ctx.validate_inputs()
+            ctx.progress_console = err
+            with err.status("") as status:
+                report = engine.run(args.command, selected, ctx,
+                                    on_progress=lambda r: status.update(f"{r.code} {r.name} ..."))
+        else:
             ctx.validate_inputs()
-    else:
-        ctx.validate_inputs()
-    if show_progress:
-        ctx.progress_console = err
-        with err.status("") as status:
-            report = engine.run(args.command, selected, ctx,
-                                on_progress=lambda r: status.update(f"{r.code} {r.name} ..."))
-    else:
-        report = engine.run(args.command, selected, ctx)
+            report = engine.run(args.command, selected, ctx)
     if args.json:
         print_json(report, __version__)
     else:

@@ -184,3 +184,12 @@ def test_nothing_of_the_users_is_changed(cli, qwen3_tokenizer_dir, tiny_llama_di
     cli("check-model", "--model", model, "--apply", f"{code / 'minimind_lora.py'}:apply_lora_default_args")
     assert (_tree_digest(data), _tree_digest(model), _tree_digest(code)) == before
     assert not (code / "__pycache__").exists()
+
+
+def test_prints_from_the_users_code_stay_off_stdout_under_json(cli_subprocess, tiny_llama_dir):
+    result = cli_subprocess("check-model", "--model", tiny_llama_dir, "--apply",
+                            f"{PIPELINES / 'chatty_lora.py'}:apply_lora", "--dtypes", "fp32",
+                            "--json")
+    data = json.loads(result.out)
+    assert data["command"] == "check-model" and result.code == 0, result.err
+    assert "applying LoRA rank=8" in result.err
