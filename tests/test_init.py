@@ -4,27 +4,17 @@ identity start, dead adapters, B not zero, gradient flow, scaling, and `--train-
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
 from .conftest import FIXTURES
+from .helpers import check_model, found
 
 LORA = FIXTURES / "lora"
 
 
 def check(cli, model_dir, spec, *extra, select="LD2,LD4,LD5"):
-    result = cli("check-model", "--model", model_dir, "--apply", spec, "--select", select,
-                 "--json", *extra)
-    assert result.code in (0, 1), result.err
-    data = json.loads(result.out)
-    assert not [c for c in data["checks"] if c["status"] == "crash"], data["findings"]
-    return result.code, data
-
-
-def found(data, code, severity=None):
-    return [f for f in data["findings"] if f["code"] == code
-            and (severity is None or f["severity"] == severity)]
+    return check_model(cli, model_dir, spec, *extra, select=select)
 
 
 def test_a_random_b_is_not_an_identity_start_and_names_the_layers(cli, tiny_llama_dir):

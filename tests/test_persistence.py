@@ -5,28 +5,16 @@ merge equivalence.
 
 from __future__ import annotations
 
-import json
 
 from .conftest import FIXTURES, PIPELINES
+from .helpers import check_model, found
 
 LORA = FIXTURES / "lora"
 MINIMIND = PIPELINES / "minimind_lora.py"
 
 
 def check(cli, model_dir, spec, *extra, select="LD5"):
-    args = ["check-model", "--model", model_dir, "--select", select, "--json", *extra]
-    if spec:
-        args[3:3] = ["--apply", spec]
-    result = cli(*args)
-    assert result.code in (0, 1), result.err
-    data = json.loads(result.out)
-    assert not [c for c in data["checks"] if c["status"] == "crash"], data["findings"]
-    return result.code, data
-
-
-def found(data, code, severity=None):
-    return [f for f in data["findings"] if f["code"] == code
-            and (severity is None or f["severity"] == severity)]
+    return check_model(cli, model_dir, spec, *extra, select=select)
 
 
 def test_adapters_outside_the_state_dict_fail_the_round_trip(cli, tiny_llama_dir):

@@ -11,6 +11,7 @@ import pytest
 from torch import nn
 
 from .conftest import FIXTURES, PIPELINES
+from .helpers import check_model, found
 
 MINIMIND = PIPELINES / "minimind_lora.py"
 LORA = FIXTURES / "lora"
@@ -18,19 +19,7 @@ MINE = "LD2,LD4,LD5"  # this family's rules and the init/persistence ones it exp
 
 
 def check(cli, model_dir, spec=None, *extra, select=MINE):
-    args = ["check-model", "--model", model_dir, "--select", select, "--json", *extra]
-    if spec:
-        args[3:3] = ["--apply", spec]
-    result = cli(*args)
-    assert result.code in (0, 1), result.err
-    data = json.loads(result.out)
-    assert not [c for c in data["checks"] if c["status"] == "crash"], data["findings"]
-    return result.code, data
-
-
-def found(data, code, severity=None):
-    return [f for f in data["findings"] if f["code"] == code
-            and (severity is None or f["severity"] == severity)]
+    return check_model(cli, model_dir, spec, *extra, select=select)
 
 
 @pytest.fixture

@@ -490,7 +490,7 @@ def no_training_signal(ctx) -> Outcome:
     else:
         summary = (f"{steps} AdamW steps (lr {TRAIN_LR:g}): loss {curve[0]:.4f} -> "
                    f"{curve[-1]:.4f}; {len(changed)} of {len(adapters)} adapters changed"
-                   + (f" (A after the first update)" if steps == 1 and not changed_a else "")
+                   + (" (A after the first update)" if steps == 1 and not changed_a else "")
                    + ("; base unchanged" if not base_changed else
                       f"; {len(base_changed)} base tensors changed"))
         ctx.summary["train_losses"] = curve

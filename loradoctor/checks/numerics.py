@@ -429,7 +429,6 @@ def fp16_gradient_out_of_range(ctx) -> Outcome:
     ```
     or train in bf16, which has fp32's range and needs no scaler.
     """
-    import torch
 
     m = numerics(ctx)
     p16 = _pass(m, "fp16", ctx)
