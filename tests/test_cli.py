@@ -1,5 +1,7 @@
 """The command line as a user meets it: help, rules, JSON, exit codes, and every bad input.
 
+Every bad-input case runs `python -m loradoctor` in its own process, as a user would.
+
 Bad input always means exit code 2 and one line on stderr that names the place, with no
 traceback (the traceback only under -v), and nothing of the user's changed.
 """
@@ -46,9 +48,15 @@ def test_help_works_for_every_command(cli_subprocess):
     assert "exit codes" in top.out
 
 
-@pytest.mark.parametrize("command,flag", [("check-dataset", "--tokenizer"),
-                                          ("check-model", "--apply-arg"),
-                                          ("rules", "CODE"), ("reference", "NAME")])
+@pytest.mark.parametrize(
+    "command,flag",
+    [
+        ("check-dataset", "--tokenizer"),
+        ("check-model", "--apply-arg"),
+        ("rules", "CODE"),
+        ("reference", "NAME"),
+    ],
+)
 def test_subcommand_help(cli, command, flag):
     with pytest.raises(SystemExit) as exit_info:
         cli(command, "--help")
@@ -57,11 +65,13 @@ def test_subcommand_help(cli, command, flag):
 
 def test_version_is_exposed():
     import loradoctor
+
     assert loradoctor.__version__.count(".") == 2
 
 
 def test_rules_lists_every_rule_and_prints_one_rules_documentation(cli):
     from loradoctor.registry import ALL_RULES
+
     listed = cli("rules")
     assert listed.code == 0
     for r in ALL_RULES:
@@ -76,8 +86,15 @@ def test_an_unknown_rule_code_is_a_usage_error(cli):
 
 
 def test_json_output_is_exactly_one_object_on_stdout(cli_subprocess, qwen3_tokenizer_dir):
-    result = cli_subprocess("check-dataset", DATA / "bad_one_record.jsonl",
-                            "--tokenizer", qwen3_tokenizer_dir, "--select", "LD100", "--json")
+    result = cli_subprocess(
+        "check-dataset",
+        DATA / "bad_one_record.jsonl",
+        "--tokenizer",
+        qwen3_tokenizer_dir,
+        "--select",
+        "LD100",
+        "--json",
+    )
     assert result.code == 0, result.err
     data = json.loads(result.out)  # raises if stdout holds anything else
     assert data["tool"] == "loradoctor" and data["command"] == "check-dataset"
@@ -87,79 +104,141 @@ def test_json_output_is_exactly_one_object_on_stdout(cli_subprocess, qwen3_token
     assert {c["status"] for c in data["checks"]} == {"warn"}
 
 
-def test_one_bad_record_among_many_is_a_finding_and_the_rest_is_still_checked(cli,
-                                                                           qwen3_tokenizer_dir):
-    result = cli("check-dataset", DATA / "bad_one_record.jsonl", "--tokenizer",
-                 qwen3_tokenizer_dir, "--select", "LD100")
+def test_one_bad_record_among_many_is_a_finding_and_the_rest_is_still_checked(
+    cli, qwen3_tokenizer_dir
+):
+    result = cli(
+        "check-dataset",
+        DATA / "bad_one_record.jsonl",
+        "--tokenizer",
+        qwen3_tokenizer_dir,
+        "--select",
+        "LD100",
+    )
     assert result.code == 0
     assert "bad_one_record.jsonl:3" in result.out and "3 of 6 records" in result.out
 
 
-@pytest.mark.parametrize("data,fragments", [
-    ("bad_json_line3.jsonl", ["bad_json_line3.jsonl:3", "not valid JSON"]),
-    ("bad_all_records.jsonl", ["bad_all_records.jsonl:1", "no conversation"]),
-    ("empty.jsonl", ["empty.jsonl", "holds no records"]),
-    ("missing.jsonl", ["missing.jsonl", "no such file"]),
-])
-def test_unreadable_data_files_exit_2_naming_the_file_and_line(cli, qwen3_tokenizer_dir, data,
-                                                               fragments):
-    _assert_clean_input_error(cli("check-dataset", DATA / data, "--tokenizer",
-                                  qwen3_tokenizer_dir), *fragments)
+@pytest.mark.parametrize(
+    "data,fragments",
+    [
+        ("bad_json_line3.jsonl", ["bad_json_line3.jsonl:3", "not valid JSON"]),
+        ("bad_all_records.jsonl", ["bad_all_records.jsonl:1", "no conversation"]),
+        ("empty.jsonl", ["empty.jsonl", "holds no records"]),
+        ("missing.jsonl", ["missing.jsonl", "no such file"]),
+    ],
+)
+def test_unreadable_data_files_exit_2_naming_the_file_and_line(
+    cli_subprocess, qwen3_tokenizer_dir, data, fragments
+):
+    _assert_clean_input_error(
+        cli_subprocess("check-dataset", DATA / data, "--tokenizer", qwen3_tokenizer_dir), *fragments
+    )
 
 
-def test_a_missing_tokenizer_directory_and_a_hub_id_exit_2(cli):
-    _assert_clean_input_error(cli("check-dataset", DATA / "persona.jsonl", "--tokenizer",
-                                  "/no/such/tokenizer"), "/no/such/tokenizer", "no such directory")
-    _assert_clean_input_error(cli("check-dataset", DATA / "persona.jsonl", "--tokenizer",
-                                  "Qwen/Qwen3-0.6B"), "never downloads from a hub")
+def test_a_missing_tokenizer_directory_and_a_hub_id_exit_2(cli_subprocess):
+    _assert_clean_input_error(
+        cli_subprocess(
+            "check-dataset", DATA / "persona.jsonl", "--tokenizer", "/no/such/tokenizer"
+        ),
+        "/no/such/tokenizer",
+        "no such directory",
+    )
+    _assert_clean_input_error(
+        cli_subprocess("check-dataset", DATA / "persona.jsonl", "--tokenizer", "Qwen/Qwen3-0.6B"),
+        "never downloads from a hub",
+    )
 
 
-def test_a_tokenizer_without_a_chat_template_exits_2(cli, qwen3_tokenizer_dir, tmp_path):
+def test_a_tokenizer_without_a_chat_template_exits_2(cli_subprocess, qwen3_tokenizer_dir, tmp_path):
     plain = tmp_path / "no-template"
     shutil.copytree(qwen3_tokenizer_dir, plain)
     (plain / "chat_template.jinja").unlink(missing_ok=True)
     cfg = json.loads((plain / "tokenizer_config.json").read_text())
     cfg.pop("chat_template", None)
     (plain / "tokenizer_config.json").write_text(json.dumps(cfg))
-    _assert_clean_input_error(cli("check-dataset", DATA / "persona.jsonl", "--tokenizer", plain),
-                              str(plain), "has no chat template")
-
-
-@pytest.mark.parametrize("spec,fragments", [
-    (f"{PIPELINES / 'missing.py'}:LoRADataset", ["missing.py", "no such file"]),
-    (f"{PIPELINES / 'minimind_dataset.py'}:NoSuchClass", ["has no attribute 'NoSuchClass'"]),
-    (f"{BAD / 'import_raises.py'}:apply_lora", ["import_raises.py:4", "RuntimeError"]),
-])
-def test_a_dataset_spec_that_cannot_load_exits_2(cli, qwen3_tokenizer_dir, spec, fragments):
-    _assert_clean_input_error(cli("check-dataset", DATA / "persona.jsonl", "--tokenizer",
-                                  qwen3_tokenizer_dir, "--dataset", spec), *fragments)
-
-
-def test_an_apply_function_that_raises_exits_2_naming_its_line(cli, tiny_llama_dir):
     _assert_clean_input_error(
-        cli("check-model", "--model", tiny_llama_dir, "--apply", f"{BAD / 'apply_raises.py'}:apply_lora"),
-        "apply_raises.py:5", "ValueError: rank 8 is not supported")
+        cli_subprocess("check-dataset", DATA / "persona.jsonl", "--tokenizer", plain),
+        str(plain),
+        "has no chat template",
+    )
 
 
-def test_a_missing_model_directory_and_bad_apply_args_exit_2(cli, tiny_llama_dir):
-    _assert_clean_input_error(cli("check-model", "--model", "/no/such/model"), "no such directory")
+@pytest.mark.parametrize(
+    "spec,fragments",
+    [
+        (f"{PIPELINES / 'missing.py'}:LoRADataset", ["missing.py", "no such file"]),
+        (f"{PIPELINES / 'minimind_dataset.py'}:NoSuchClass", ["has no attribute 'NoSuchClass'"]),
+        (f"{BAD / 'import_raises.py'}:apply_lora", ["import_raises.py:4", "RuntimeError"]),
+    ],
+)
+def test_a_dataset_spec_that_cannot_load_exits_2(
+    cli_subprocess, qwen3_tokenizer_dir, spec, fragments
+):
     _assert_clean_input_error(
-        cli("check-model", "--model", tiny_llama_dir, "--apply",
-            f"{PIPELINES / 'minimind_lora.py'}:apply_lora", "--apply-arg", "ranks=8"),
-        "unexpected keyword argument 'ranks'")
-    _assert_clean_input_error(cli("check-model", "--model", tiny_llama_dir, "--dtypes", "fp8"),
-                              "dtype 'fp8'")
+        cli_subprocess(
+            "check-dataset",
+            DATA / "persona.jsonl",
+            "--tokenizer",
+            qwen3_tokenizer_dir,
+            "--dataset",
+            spec,
+        ),
+        *fragments,
+    )
+
+
+def test_an_apply_function_that_raises_exits_2_naming_its_line(cli_subprocess, tiny_llama_dir):
+    _assert_clean_input_error(
+        cli_subprocess(
+            "check-model",
+            "--model",
+            tiny_llama_dir,
+            "--apply",
+            f"{BAD / 'apply_raises.py'}:apply_lora",
+        ),
+        "apply_raises.py:5",
+        "ValueError: rank 8 is not supported",
+    )
+
+
+def test_a_missing_model_directory_and_bad_apply_args_exit_2(cli_subprocess, tiny_llama_dir):
+    _assert_clean_input_error(
+        cli_subprocess("check-model", "--model", "/no/such/model"), "no such directory"
+    )
+    _assert_clean_input_error(
+        cli_subprocess(
+            "check-model",
+            "--model",
+            tiny_llama_dir,
+            "--apply",
+            f"{PIPELINES / 'minimind_lora.py'}:apply_lora",
+            "--apply-arg",
+            "ranks=8",
+        ),
+        "unexpected keyword argument 'ranks'",
+    )
+    _assert_clean_input_error(
+        cli_subprocess("check-model", "--model", tiny_llama_dir, "--dtypes", "fp8"), "dtype 'fp8'"
+    )
 
 
 def test_verbose_shows_the_traceback_of_an_input_error(cli, tiny_llama_dir):
-    result = cli("check-model", "--model", tiny_llama_dir, "--apply",
-                 f"{BAD / 'apply_raises.py'}:apply_lora", "-v")
+    result = cli(
+        "check-model",
+        "--model",
+        tiny_llama_dir,
+        "--apply",
+        f"{BAD / 'apply_raises.py'}:apply_lora",
+        "-v",
+    )
     assert result.code == 2 and "Traceback" in result.err
 
 
 def test_bad_input_exits_2_through_the_real_process(cli_subprocess, qwen3_tokenizer_dir):
-    result = cli_subprocess("check-dataset", DATA / "bad_json_line3.jsonl", "--tokenizer",
-                            qwen3_tokenizer_dir)
+    result = cli_subprocess(
+        "check-dataset", DATA / "bad_json_line3.jsonl", "--tokenizer", qwen3_tokenizer_dir
+    )
     _assert_clean_input_error(result, "bad_json_line3.jsonl:3")
     assert result.out == ""
 
@@ -179,17 +258,36 @@ def test_nothing_of_the_users_is_changed(cli, qwen3_tokenizer_dir, tiny_llama_di
     for name in ("minimind_dataset.py", "minimind_lora.py"):
         shutil.copy(PIPELINES / name, code / name)
     before = (_tree_digest(data), _tree_digest(model), _tree_digest(code))
-    cli("check-dataset", data, "--tokenizer", qwen3_tokenizer_dir,
-        "--dataset", f"{code / 'minimind_dataset.py'}:LoRADataset")
-    cli("check-model", "--model", model, "--apply", f"{code / 'minimind_lora.py'}:apply_lora_default_args")
+    cli(
+        "check-dataset",
+        data,
+        "--tokenizer",
+        qwen3_tokenizer_dir,
+        "--dataset",
+        f"{code / 'minimind_dataset.py'}:LoRADataset",
+    )
+    cli(
+        "check-model",
+        "--model",
+        model,
+        "--apply",
+        f"{code / 'minimind_lora.py'}:apply_lora_default_args",
+    )
     assert (_tree_digest(data), _tree_digest(model), _tree_digest(code)) == before
     assert not (code / "__pycache__").exists()
 
 
 def test_prints_from_the_users_code_stay_off_stdout_under_json(cli_subprocess, tiny_llama_dir):
-    result = cli_subprocess("check-model", "--model", tiny_llama_dir, "--apply",
-                            f"{PIPELINES / 'chatty_lora.py'}:apply_lora", "--dtypes", "fp32",
-                            "--json")
+    result = cli_subprocess(
+        "check-model",
+        "--model",
+        tiny_llama_dir,
+        "--apply",
+        f"{PIPELINES / 'chatty_lora.py'}:apply_lora",
+        "--dtypes",
+        "fp32",
+        "--json",
+    )
     data = json.loads(result.out)
     assert data["command"] == "check-model" and result.code == 0, result.err
     assert "applying LoRA rank=8" in result.err
