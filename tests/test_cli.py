@@ -291,3 +291,16 @@ def test_prints_from_the_users_code_stay_off_stdout_under_json(cli_subprocess, t
     data = json.loads(result.out)
     assert data["command"] == "check-model" and result.code == 0, result.err
     assert "applying LoRA rank=8" in result.err
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["persona.jsonl", "chat_messages.jsonl", "chat_sharegpt.jsonl",
+     "chat_prompt_completion.jsonl", "chat_list.json"],
+)
+def test_every_record_shape_passes_ld100(cli, qwen3_tokenizer_dir, name):
+    result = cli("check-dataset", DATA / name, "--tokenizer", qwen3_tokenizer_dir,
+                 "--select", "LD100", "--json")
+    data = json.loads(result.out)
+    assert result.code == 0 and data["findings"] == []
+    assert data["checks"] == [{**data["checks"][0], "status": "pass"}]
