@@ -5,6 +5,7 @@ merge equivalence.
 
 from __future__ import annotations
 
+import functools
 
 from .conftest import FIXTURES, PIPELINES
 from .helpers import check_model, found
@@ -13,8 +14,8 @@ LORA = FIXTURES / "lora"
 MINIMIND = PIPELINES / "minimind_lora.py"
 
 
-def check(cli, model_dir, spec, *extra, select="LD5"):
-    return check_model(cli, model_dir, spec, *extra, select=select)
+# check(cli, model_dir, spec, *extra) -> (exit code, JSON report)
+check = functools.partial(check_model, select="LD5")
 
 
 def test_adapters_outside_the_state_dict_fail_the_round_trip(cli, tiny_llama_dir):

@@ -43,7 +43,8 @@ def analysis(ctx) -> Analysis:
         orc = oracle(ctx)
         source = str(Path(ctx.data))
         if not ctx.dataset_spec:
-            with progress(ctx, "rendering and tokenizing", count_lines(ctx.data)) as advance:
+            with progress(ctx, "rendering and tokenizing",
+                          lambda: count_lines(ctx.data)) as advance:
                 stats = scan(orc, ctx.records(), ctx.max_length, ctx.workers, advance,
                              str(ctx.tokenizer_dir))
             result = Analysis(orc.facts, stats, source=source)
@@ -52,7 +53,9 @@ def analysis(ctx) -> Analysis:
                             ctx.max_length)
             markers = instance_markers(user.instance, orc.tokenizer)
             stats = DataStats()
-            total = len(user) if user.kind == "class" else count_lines(ctx.data)
+
+            def total() -> int:
+                return len(user) if user.kind == "class" else count_lines(ctx.data)
             with progress(ctx, f"comparing {user.name} with the chat template", total) as advance:
                 comparison = compare_dataset(user, ctx.records(), orc, stats, markers,
                                              getattr(ctx, "show", 3), advance)
