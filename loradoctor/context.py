@@ -143,7 +143,7 @@ class ModelContext(_Memo):
 
     @property
     def probe(self) -> dict[str, Any]:
-        from .probe import probe_batch
+        from .model.probe import probe_batch
         return self.memo("probe", lambda: probe_batch(self))
 
     @property
@@ -162,6 +162,6 @@ class ModelContext(_Memo):
     @property
     def adapted(self):
         """The model after the user's LoRA code (or PEFT) ran on it."""
-        from .apply import apply_adapters
+        from .model.apply import apply_adapters
         _ = self.base_logits  # must be taken before the adapters change the model
         return self.memo("adapted", lambda: apply_adapters(self))

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from loradoctor.adapters import (canonical, class_patched, discover, forward_refs, kind_of,
+from loradoctor.model.adapters import (canonical, class_patched, discover, forward_refs, kind_of,
                                  layer_of)
 from loradoctor.load import load_model, load_spec
 

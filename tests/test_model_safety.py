@@ -75,7 +75,7 @@ def test_the_full_check_model_run_leaves_the_users_model_unchanged(tiny_llama_di
 
 
 def test_aliasing_and_identity_do_not_cost_a_model_forward_per_layer(tiny_llama_dir):
-    from loradoctor import measure
+    from loradoctor.model import measurements as measure
 
     ctx = ModelContext(tiny_llama_dir, apply_spec=f"{MINIMIND}:apply_lora_default_args")
     ctx.validate_inputs()

@@ -89,7 +89,7 @@ def test_each_fixture_gets_exactly_the_finding_its_case_expects(cli, invocation)
 
 
 def test_the_large_activation_model_names_the_first_inf_module_and_says_bf16_is_clean(cli):
-    from loradoctor.numerics.specimens import large_activation_dir
+    from loradoctor.model.numerics.specimens import large_activation_dir
     result, report = check_model(cli, large_activation_dir(), MINIMIND)
     (ld301,) = [f for f in report["findings"] if f["code"] == "LD301"]
     assert ld301["location"] == "model.layers.1.mlp.down_proj"
@@ -103,7 +103,7 @@ def test_the_large_activation_model_names_the_first_inf_module_and_says_bf16_is_
 
 
 def test_the_verdict_line_is_in_the_doctor_view(cli):
-    from loradoctor.numerics.specimens import large_activation_dir
+    from loradoctor.model.numerics.specimens import large_activation_dir
     result, _ = check_model(cli, large_activation_dir(), MINIMIND, json_out=False)
     assert result.code == 1
     text = " ".join(result.out.split())  # the view wraps long lines
@@ -149,7 +149,7 @@ def test_a_dtype_the_pipeline_cannot_run_in_is_a_skip_with_the_reason_not_a_cras
 
 
 def test_the_headroom_margin_is_an_option(cli):
-    from loradoctor.numerics.specimens import low_headroom_dir
+    from loradoctor.model.numerics.specimens import low_headroom_dir
     _, default = check_model(cli, low_headroom_dir(), MINIMIND, ("rank=8", "alpha=16"),
                              "--select", "LD302")
     _, loose = check_model(cli, low_headroom_dir(), MINIMIND, ("rank=8", "alpha=16"),
@@ -169,7 +169,7 @@ def test_a_headroom_factor_of_one_or_less_is_a_usage_error(cli, tiny_llama_dir):
 
 
 def test_fp32_adapters_on_an_fp16_base_are_not_flagged_but_fp16_adapters_are(cli, tiny_llama_dir):
-    spec = "loradoctor.numerics.specimens"
+    spec = "loradoctor.model.numerics.specimens"
     _, bad = check_model(cli, tiny_llama_dir, f"{spec}:apply_lora_fp16_adapters")
     _, good = check_model(cli, tiny_llama_dir, f"{spec}:apply_lora_fp32_adapters",
                           ("rank=8", "alpha=16", "base_dtype='fp16'"))
@@ -184,7 +184,7 @@ def test_fp32_adapters_on_an_fp16_base_are_not_flagged_but_fp16_adapters_are(cli
 
 
 def test_an_exit_code_and_pure_json_stdout_from_a_separate_process(cli_subprocess):
-    from loradoctor.numerics.specimens import large_activation_dir
+    from loradoctor.model.numerics.specimens import large_activation_dir
     result = cli_subprocess("check-model", "--model", large_activation_dir(), "--apply", MINIMIND,
                             "--apply-arg", "rank=8", "--apply-arg", "alpha=16", "--select",
                             "LD301", "--json")

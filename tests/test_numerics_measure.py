@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from loradoctor.load import load_model
-from loradoctor.numerics.measure import (FP16_MAX, DtypePass, Measurement, ModuleStat,
+from loradoctor.model.numerics.passes import (FP16_MAX, DtypePass, Measurement, ModuleStat,
                                          NumericsOptions, Trainable, dtype_support, measure)
-from loradoctor.numerics.verdict import dtype_verdicts, verdict_line
+from loradoctor.model.numerics.verdict import dtype_verdicts, verdict_line
 
 from .conftest import PIPELINES
 
@@ -82,7 +82,7 @@ def test_the_passes_leave_the_users_model_exactly_as_found(tiny_lora):
 
 
 def test_a_mixed_precision_model_keeps_each_tensors_own_dtype(tiny_llama_dir):
-    from loradoctor.numerics.specimens import apply_lora_fp32_adapters
+    from loradoctor.model.numerics.specimens import apply_lora_fp32_adapters
 
     model = load_model(tiny_llama_dir, "fp32", "cpu")
     apply_lora_fp32_adapters(model, rank=8, alpha=16, base_dtype="fp16")
@@ -94,7 +94,7 @@ def test_a_mixed_precision_model_keeps_each_tensors_own_dtype(tiny_llama_dir):
 
 
 def test_the_first_inf_module_is_the_innermost_one_in_execution_order(tiny_lora):
-    from loradoctor.numerics.specimens import large_activation_dir
+    from loradoctor.model.numerics.specimens import large_activation_dir
 
     model = load_model(large_activation_dir(), "fp32", "cpu")
     apply_lora_default_args(model, rank=8, alpha=16)
@@ -119,7 +119,7 @@ def test_a_parent_that_returns_its_childs_tensor_reports_the_same_peak(tiny_lora
 
 
 def test_fp16_without_loss_scaling_loses_small_gradients(tiny_llama_dir):
-    from loradoctor.numerics.specimens import small_gradients_dir
+    from loradoctor.model.numerics.specimens import small_gradients_dir
 
     model = load_model(small_gradients_dir(), "fp32", "cpu")
     apply_lora_default_args(model, rank=8, alpha=16)

@@ -59,7 +59,7 @@ def not_identity_start(ctx) -> Outcome:
     nn.init.zeros_(self.B.weight)                # B zero: identity start
     ```
     """
-    from ..measure import adapted_forward, adapters_or_skip, model_dtype, module_probe
+    from ..model.measurements import adapted_forward, adapters_or_skip, model_dtype, module_probe
     adapters_or_skip(ctx)
     fw = adapted_forward(ctx)
     if fw.error:
@@ -127,7 +127,7 @@ def dead_adapter(ctx) -> Outcome:
     nn.init.zeros_(self.B.weight)
     ```
     """
-    from ..measure import adapters_or_skip
+    from ..model.measurements import adapters_or_skip
     adapters = adapters_or_skip(ctx)
     both = [a for a in adapters if _is_zero(a.A) and _is_zero(a.B)]
     a_only = [a for a in adapters if _is_zero(a.A) and not _is_zero(a.B)]
@@ -180,7 +180,7 @@ def lora_b_not_zero(ctx) -> Outcome:
     nn.init.zeros_(self.B.weight)
     ```
     """
-    from ..measure import adapted_forward, adapters_or_skip
+    from ..model.measurements import adapted_forward, adapters_or_skip
     adapters = adapters_or_skip(ctx)
     nonzero = [a for a in adapters if not _is_zero(a.B)]
     if not nonzero:
@@ -235,7 +235,7 @@ def no_gradient_flow(ctx) -> Outcome:
     model.enable_input_require_grads()                      # with gradient checkpointing
     ```
     """
-    from ..measure import adapters_or_skip, gradients
+    from ..model.measurements import adapters_or_skip, gradients
     adapters = adapters_or_skip(ctx)
     gr = gradients(ctx)
     if gr.error:
@@ -329,7 +329,7 @@ def unusual_lora_scaling(ctx) -> Outcome:
     self.scaling = alpha / rank           # 0.5
     ```
     """
-    from ..measure import adapters_or_skip, module_probe
+    from ..model.measurements import adapters_or_skip, module_probe
     adapters = adapters_or_skip(ctx)
     measured = {id(v.adapter): v.measured_scaling for v in module_probe(ctx).verdicts
                 if v.status == "ok" and v.measured_scaling is not None}
@@ -414,9 +414,9 @@ def no_training_signal(ctx) -> Outcome:
     """
     import torch
 
-    from ..measure import adapters_or_skip, discovery, module_probe
-    from ..safety import preserved
-    from ..training import TRAIN_LR, train
+    from ..model.measurements import adapters_or_skip, discovery, module_probe
+    from ..model.safety import preserved
+    from ..model.training import TRAIN_LR, train
     steps = ctx.train_steps
     if not steps or steps <= 0:
         raise SkipCheck("pass --train-steps N to run N real optimizer steps")

@@ -1,6 +1,6 @@
 """LD3xx: fp16 / bf16 / fp32 on one probe batch: overflow, headroom, divergence, optimizer dtype.
 
-The measurement (`loradoctor.numerics.measure`) runs once per check-model, through
+The measurement (`loradoctor.model.numerics.passes`) runs once per check-model, through
 `ctx.memo("numerics", ...)`: one forward+backward of the adapted model per dtype, with hooks on
 every module, the model cast in place and restored exactly. Each rule reads its figures and
 judges them against a named option (`NumericsOptions`); the verdict line of LD300 sums them up.
@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 
 from ..findings import Severity, Status, Table
-from ..numerics.measure import (FP16_MAX, FP16_TINY, DtypePass, Measurement, NumericsOptions,
+from ..model.numerics.passes import (FP16_MAX, FP16_TINY, DtypePass, Measurement, NumericsOptions,
                                 measure)
-from ..numerics.verdict import (backward_overflow_at, divergence, dtype_verdicts, fmt, headroom,
+from ..model.numerics.verdict import (backward_overflow_at, divergence, dtype_verdicts, fmt, headroom,
                                 near_limit, nonfinite_word, overflow_at, pct, times, verdict_line)
 from ..rules import Outcome, SkipCheck, rule
 

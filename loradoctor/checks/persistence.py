@@ -59,7 +59,7 @@ def adapter_round_trip_mismatch(ctx) -> Outcome:
     missing = set(state) - set(load_file(path)); assert not missing
     ```
     """
-    from ..measure import adapters_or_skip, persistence, unsafe_torch_loads
+    from ..model.measurements import adapters_or_skip, persistence, unsafe_torch_loads
     adapters = adapters_or_skip(ctx)
     findings = []
     for hit in unsafe_torch_loads(ctx):
@@ -152,7 +152,7 @@ def merge_not_equivalent(ctx) -> Outcome:
     self.B = nn.Linear(rank, out_features, bias=False)
     ```
     """
-    from ..measure import adapters_or_skip, module_probe, persistence
+    from ..model.measurements import adapters_or_skip, module_probe, persistence
     adapters_or_skip(ctx, linear_only=True)
     ps = persistence(ctx)
     _skip_if_broken(ps)

@@ -23,7 +23,7 @@ BIND_FIX = ("bind the loop values when you patch: def forward(x, original_forwar
 
 
 def _shape(width: int) -> str:
-    from ..measure import PROBE_SHAPE
+    from ..model.measurements import PROBE_SHAPE
     return f"({', '.join(map(str, (*PROBE_SHAPE, width)))})"
 
 
@@ -122,7 +122,7 @@ def closure_aliased_forward(ctx) -> Outcome:
     ```
     or a factory function, `functools.partial(fn, module.forward, lora)`, or a wrapper module.
     """
-    from ..measure import adapted_forward, adapters_or_skip, module_probe
+    from ..model.measurements import adapted_forward, adapters_or_skip, module_probe
     adapters_or_skip(ctx, linear_only=True)
     verdicts = module_probe(ctx).verdicts
     bad = [v for v in verdicts if v.aliased or v.status == "crash"]
@@ -226,7 +226,7 @@ def forward_patched_on_class(ctx) -> Outcome:
     ```
     or replace the layer with a wrapper module.
     """
-    from ..measure import adapters_or_skip, discovery
+    from ..model.measurements import adapters_or_skip, discovery
     disc = discovery(ctx)
     if not disc.adapters and not disc.class_patched:
         adapters_or_skip(ctx)
@@ -290,7 +290,7 @@ def module_patched_twice(ctx) -> Outcome:
         return original_forward(x) + lora(x)    # the forward as it was before the patch
     ```
     """
-    from ..measure import adapters_or_skip, module_probe
+    from ..model.measurements import adapters_or_skip, module_probe
     adapters = adapters_or_skip(ctx)
     verdicts = {id(v.adapter): v for v in module_probe(ctx).verdicts}
     findings = []
@@ -365,7 +365,7 @@ def adapter_never_called(ctx) -> Outcome:
     module.forward = lambda x, f=module.forward, lora=lora: f(x) + lora(x)
     ```
     """
-    from ..measure import adapters_or_skip, module_probe
+    from ..model.measurements import adapters_or_skip, module_probe
     adapters_or_skip(ctx, linear_only=True)
     verdicts = module_probe(ctx).verdicts
     dead = [v for v in verdicts if v.status == "no-delta"
@@ -423,8 +423,8 @@ def uneven_adapter_coverage(ctx) -> Outcome:
     for p in model.parameters(): p.requires_grad = False         # then add the adapters
     ```
     """
-    from ..adapters import KIND_ORDER, kind_of, layer_of
-    from ..measure import discovery
+    from ..model.adapters import KIND_ORDER, kind_of, layer_of
+    from ..model.measurements import discovery
     disc = discovery(ctx)
     model = ctx.adapted
     if not disc.adapters:

@@ -23,7 +23,7 @@ from . import ReferenceRun, RunOutcome
 STEPS = 10
 BATCH = (4, 32)  # (batch, tokens) of the training batch
 LR = 1e-2  # high, so that ten steps on one batch visibly move the loss
-SPEC = "loradoctor.numerics.specimens"
+SPEC = "loradoctor.model.numerics.specimens"
 
 
 def _flagged(model_dir, fn_name: str, kwargs: dict,
@@ -50,8 +50,8 @@ def _train(model_dir, fn_name: str, kwargs: dict, *, scaler: bool) -> dict:
     import torch
 
     from ..load import load_model
-    from ..numerics.measure import ModuleRecorder
-    from ..numerics import specimens
+    from ..model.numerics.passes import ModuleRecorder
+    from ..model.numerics import specimens
 
     torch.manual_seed(0)
     model = load_model(model_dir, "fp32", "cpu")
@@ -87,7 +87,7 @@ def _smollm2_headroom() -> str:
 
     from ..context import ModelContext
     from ..errors import InputError
-    from ..numerics.measure import FP16_MAX, ModuleRecorder
+    from ..model.numerics.passes import FP16_MAX, ModuleRecorder
 
     try:
         from ..assets import smollm2_dir
@@ -116,7 +116,7 @@ def fp16_overflow() -> RunOutcome:
     scaler skips every step), and the forward hooks name the first inf module; bf16: finite,
     decreasing loss. loradoctor flags LD301 on the fp16 pipeline and nothing on bf16.
     """
-    from ..numerics.specimens import LARGE_ACTIVATION_DOWN_SCALE, large_activation_dir
+    from ..model.numerics.specimens import LARGE_ACTIVATION_DOWN_SCALE, large_activation_dir
 
     model_dir = large_activation_dir()
     smol = _smollm2_headroom()

@@ -45,10 +45,10 @@ def _train(model_dir, fn_name: str, steps: int = STEPS) -> dict:
     """Load, apply, measure the start against the base, train `steps` AdamW steps."""
     import torch
 
-    from ..adapters import discover
+    from ..model.adapters import discover
     from ..load import load_model
-    from ..safety import rng_preserved
-    from ..training import train
+    from ..model.safety import rng_preserved
+    from ..model.training import train
     from . import minimind
 
     with rng_preserved(0):

@@ -1,6 +1,6 @@
 """Numerics: the same probe batch through the adapted model in fp32, fp16 and bf16.
 
-`measure.py` runs one forward+backward per dtype with hooks on every module (the largest
+`passes.py` runs one forward+backward per dtype with hooks on every module (the largest
 absolute output and output-gradient of each module, the first module whose output or gradient
 is inf/nan, the loss and logits against fp32, the trainable gradients that fp16 loses), casting
 the user's model in place and restoring it exactly. `verdict.py` turns those figures into the
@@ -9,7 +9,7 @@ constructed models and LoRA set-ups with documented numerics problems that the t
 fixtures and the reference runs use. The rules themselves live in `checks/numerics.py`.
 """
 
-from .measure import (FP16_MAX, FP16_TINY, DtypePass, Measurement, ModuleStat, NumericsOptions,
+from .passes import (FP16_MAX, FP16_TINY, DtypePass, Measurement, ModuleStat, NumericsOptions,
                       measure)
 
 __all__ = ["FP16_MAX", "FP16_TINY", "DtypePass", "Measurement", "ModuleStat", "NumericsOptions",

@@ -8,7 +8,7 @@ few named weights, each scaling reproducing one documented pattern. Everything i
 deterministic (seeded base, fixed factors) and built once into the assets cache.
 
 The LoRA set-ups are written the way users write them (`apply(model, rank, alpha)`), so the
-CLI (`--apply loradoctor.numerics.specimens:apply_lora_fp16_adapters`), the tests and the
+CLI (`--apply loradoctor.model.numerics.specimens:apply_lora_fp16_adapters`), the tests and the
 reference runs use the same code.
 """
 
@@ -31,12 +31,12 @@ SMALL_GRADIENT_HEAD_SCALE = 2.0 ** -10  # lm_head.weight
 
 
 def _specimen(name: str, scale) -> Path:
-    from ..assets import _build_atomically, cache_dir, tiny_llama_dir
+    from ...assets import _build_atomically, cache_dir, tiny_llama_dir
 
     base = tiny_llama_dir()
 
     def build(out: Path) -> None:
-        from ..load import load_model
+        from ...load import load_model
         model = load_model(base, "fp32", "cpu")
         with torch.no_grad():
             scale(model)
@@ -186,6 +186,6 @@ def apply_lora_fp32_adapters(model, rank: int = 8, alpha: float = 16, base_dtype
     The fp32 adapters are their own master weights, so AdamW updates them in fp32 (this is
     what PEFT does by default with `autocast_adapter_dtype=True`).
     """
-    from ..load import torch_dtype
+    from ...load import torch_dtype
     model.to(torch_dtype(base_dtype))
     _attach(model, rank, alpha, torch.float32)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .adapters import Adapter, Discovery, canonical, discover, forward_refs
-from .rules import SkipCheck
+from ..rules import SkipCheck
 from .safety import preserved, rng_preserved
 
 # Relative tolerances by the dtype the adapted layers compute in (named, not buried).

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .measure import FP16_MAX, DtypePass, Measurement, ModuleStat, NumericsOptions
+from .passes import FP16_MAX, DtypePass, Measurement, ModuleStat, NumericsOptions
 
 MARKS = {"ok": "✓", "warn": "!", "fail": "✗", "skip": "-"}
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import inspect
 
-from .errors import InputError
-from .load import _where
+from ..errors import InputError
+from ..load import _where
 
 
 def apply_adapters(ctx, model=None):

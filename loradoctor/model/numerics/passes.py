@@ -180,7 +180,7 @@ def dtype_support(dtype: str, device: str) -> str | None:
     """None when `device` runs a matmul forward+backward in `dtype`, else the reason it cannot."""
     import torch
 
-    from ..load import torch_dtype
+    from ...load import torch_dtype
 
     if dtype == "fp32":
         return None
@@ -201,7 +201,7 @@ def dtype_support(dtype: str, device: str) -> str | None:
 
 def resolve_dtypes(dtypes: tuple[str, ...] | None) -> tuple[tuple[str, ...], bool]:
     """The dtypes to check in pass order, and whether they were chosen automatically."""
-    from ..load import DTYPES as ALIASES
+    from ...load import DTYPES as ALIASES
 
     if not dtypes:
         return DTYPES, True
@@ -414,7 +414,7 @@ def run_pass(model, probe: dict, dtype: str, device: str, trainable: list[tuple[
     (when `ref` is None, i.e. this is the fp32 pass) and the sampled trainable gradients."""
     import torch
 
-    from ..load import torch_dtype
+    from ...load import torch_dtype
 
     result = DtypePass(dtype)
     grads: dict[str, Any] = {}
