@@ -174,7 +174,8 @@ class Record:
     """One conversation from a data file, with the line it came from.
 
     `messages` is normalised to `[{"role", "content"}, ...]`; when the record cannot be read as
-    a conversation, `messages` is None and `problem` says why (the caller makes a finding).
+    a conversation (or the line is not even JSON: `unparsed`), `messages` is None and
+    `problem` says why (the caller makes a finding).
     """
 
     source: str
@@ -182,6 +183,7 @@ class Record:
     messages: list[dict[str, str]] | None
     problem: str | None = None
     shape: str | None = None
+    unparsed: bool = False  # the line itself is not JSON (or not UTF-8), not just the record
 
     @property
     def location(self) -> str:
@@ -191,8 +193,11 @@ class Record:
 def read_records(path: str | Path) -> Iterator[Record]:
     """Stream the records of a JSON Lines file (or a `.json` list), line numbers kept.
 
-    Raises InputError for a missing or empty file and for a line that is not JSON; a record
-    that is JSON but not a conversation comes back with `problem` set.
+    A line that is not valid JSON (or not UTF-8 text) comes back as a record with `problem`
+    set, like a record that is JSON but not a conversation: real files of millions of lines
+    have a few broken ones, and the rest must still be checked (LD100 reports each). Raises
+    InputError for a file that cannot be opened, and, once read to the end, for a file in
+    which no line is valid JSON.
     """
     p = Path(path)
     if not p.is_file():
@@ -200,27 +205,35 @@ def read_records(path: str | Path) -> Iterator[Record]:
     if p.suffix == ".json":
         yield from _read_json_list(p)
         return
-    seen = 0
-    with p.open("r", encoding="utf-8", errors="strict") as fh:
-        line_no = 0
-        while True:
-            try:
-                line = fh.readline()
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{p}:{line_no + 1}: not UTF-8 text ({exc.reason})") from None
-            if not line:
-                break
-            line_no += 1
-            if not line.strip():
+    try:
+        fh = p.open("rb")
+    except OSError as exc:
+        raise InputError(f"data {path}: cannot be opened ({exc.strerror})") from None
+    parsed, first_broken = 0, None
+    with fh:
+        for line_no, raw in enumerate(fh, 1):
+            if not raw.strip():
                 continue
             try:
+                # A byte-order mark on the first line is an editor's habit, not a broken line.
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
                 obj = json.loads(line)
+            except UnicodeDecodeError as exc:
+                broken = Record(str(p), line_no, None, f"not UTF-8 text ({exc.reason} at byte "
+                                f"{exc.start})", unparsed=True)
             except json.JSONDecodeError as exc:
-                raise InputError(f"{p}:{line_no}: not valid JSON ({exc.msg}, column {exc.colno})") \
-                    from None
-            seen += 1
-            yield normalise_record(obj, str(p), line_no)
-    if not seen:
+                broken = Record(str(p), line_no, None, f"not valid JSON ({exc.msg}, column "
+                                f"{exc.colno})", unparsed=True)
+            else:
+                parsed += 1
+                yield normalise_record(obj, str(p), line_no)
+                continue
+            first_broken = first_broken or broken
+            yield broken
+    if not parsed:
+        if first_broken is not None:
+            raise InputError(f"{first_broken.location}: {first_broken.problem} (and no line of "
+                             f"the file is valid JSON)")
         raise InputError(f"data {p}: the file holds no records")
 
 

@@ -95,13 +95,13 @@ def test_json_output_is_exactly_one_object_on_stdout(cli_subprocess, qwen3_token
         "LD100",
         "--json",
     )
-    assert result.code == 0, result.err
+    assert result.code == 1, result.err
     data = json.loads(result.out)  # raises if stdout holds anything else
     assert data["tool"] == "loradoctor" and data["command"] == "check-dataset"
     lines = sorted(f["location"] for f in data["findings"] if f["code"] == "LD100")
     assert lines == [f"{DATA / 'bad_one_record.jsonl'}:{n}" for n in (3, 5, 6)]
     assert data["summary"]["records"] == 6 and data["summary"]["records_readable"] == 3
-    assert {c["status"] for c in data["checks"]} == {"warn"}
+    assert {c["status"] for c in data["checks"]} == {"fail"}
 
 
 def test_one_bad_record_among_many_is_a_finding_and_the_rest_is_still_checked(
@@ -115,14 +115,58 @@ def test_one_bad_record_among_many_is_a_finding_and_the_rest_is_still_checked(
         "--select",
         "LD100",
     )
-    assert result.code == 0
+    assert result.code == 1
     assert "bad_one_record.jsonl:3" in result.out and "3 of 6 records" in result.out
+
+
+def test_broken_json_lines_are_findings_with_their_line_and_the_rest_is_checked(
+    cli_subprocess, qwen3_tokenizer_dir
+):
+    result = cli_subprocess("check-dataset", DATA / "broken_lines.jsonl", "--tokenizer",
+                            qwen3_tokenizer_dir, "--json")
+    assert result.code == 1, result.err
+    data = json.loads(result.out)
+    ld100 = [f for f in data["findings"] if f["code"] == "LD100"]
+    assert [f["location"] for f in ld100] == [f"{DATA / 'broken_lines.jsonl'}:{n}"
+                                              for n in (4, 7, 10)]
+    assert all(f["severity"] == "error" and f["message"].startswith("not valid JSON")
+               for f in ld100)
+    assert "Extra data" in ld100[1]["message"]  # two records written on one line
+    assert data["summary"]["records"] == 12 and data["summary"]["records_readable"] == 9
+    assert data["summary"]["records_unparseable"] == 3
+    # The other nine records were still rendered and checked by the masking rules.
+    assert data["summary"]["masking"]["rendered"] == 9
+    assert {c["code"] for c in data["checks"] if c["status"] == "fail"} == {"LD100"}
+
+
+def test_a_few_broken_lines_among_many_are_all_counted_and_the_first_thousand_kept(
+    cli, qwen3_tokenizer_dir, tmp_path
+):
+    good = (DATA / "persona.jsonl").read_bytes().splitlines()[0]
+    rows = [good if i % 3 else b'{"messages": [' for i in range(1, 3001)]  # every 3rd broken
+    rows[40] = b'{"messages": "caf\xe9"}'  # latin-1 bytes: not UTF-8 text
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    result = cli("check-dataset", path, "--tokenizer", qwen3_tokenizer_dir, "--select", "LD100",
+                 "--json")
+    data = json.loads(result.out)
+    assert result.code == 1
+    ld100 = data["findings"]
+    assert len(ld100) == 11  # ten listed one by one, the rest counted in one finding
+    rest = ld100[-1]
+    assert rest["evidence"]["count"] == 1001 - 10
+    assert len(rest["evidence"]["lines"]) == 990 and rest["evidence"]["lines"][0] == 33
+    assert rest["message"].startswith("991 more lines are not valid JSON or not readable")
+    assert "(lines of the first 990 in evidence)" in rest["message"]
+    assert 41 in rest["evidence"]["lines"]  # the line that is not UTF-8 is one of them
+    assert data["summary"]["records"] == 3000 and data["summary"]["records_readable"] == 1999
+    assert data["summary"]["records_unparseable"] == 1001
 
 
 @pytest.mark.parametrize(
     "data,fragments",
     [
-        ("bad_json_line3.jsonl", ["bad_json_line3.jsonl:3", "not valid JSON"]),
+        ("not_json.jsonl", ["not_json.jsonl:1", "not valid JSON", "no line of the file"]),
         ("bad_all_records.jsonl", ["bad_all_records.jsonl:1", "no conversation"]),
         ("empty.jsonl", ["empty.jsonl", "holds no records"]),
         ("missing.jsonl", ["missing.jsonl", "no such file"]),
@@ -237,9 +281,9 @@ def test_verbose_shows_the_traceback_of_an_input_error(cli, tiny_llama_dir):
 
 def test_bad_input_exits_2_through_the_real_process(cli_subprocess, qwen3_tokenizer_dir):
     result = cli_subprocess(
-        "check-dataset", DATA / "bad_json_line3.jsonl", "--tokenizer", qwen3_tokenizer_dir
+        "check-dataset", DATA / "not_json.jsonl", "--tokenizer", qwen3_tokenizer_dir
     )
-    _assert_clean_input_error(result, "bad_json_line3.jsonl:3")
+    _assert_clean_input_error(result, "not_json.jsonl:1")
     assert result.out == ""
 
 

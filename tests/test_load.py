@@ -39,9 +39,29 @@ def test_a_json_list_file_is_accepted():
     assert len(records) == 3 and records[1].messages == EXPECTED
 
 
-def test_bad_json_names_the_file_and_line():
-    with pytest.raises(InputError, match=r"bad_json_line3\.jsonl:3: not valid JSON"):
-        list(load.read_records(DATA / "bad_json_line3.jsonl"))
+def test_a_line_that_is_not_json_comes_back_with_its_line_and_the_rest_is_read():
+    records = list(load.read_records(DATA / "bad_json_line3.jsonl"))
+    assert [r.line for r in records] == [1, 2, 3, 4]
+    broken = records[2]
+    assert broken.messages is None and broken.unparsed
+    assert broken.problem.startswith("not valid JSON (")
+    assert records[3].messages is not None and not records[3].unparsed
+
+
+def test_lines_that_are_not_utf8_or_start_with_a_bom_are_handled(tmp_path):
+    good = (DATA / "chat_messages.jsonl").read_bytes().splitlines()[1]
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + good + b"\n" + b'{"a": "\xff"}\n' + good + b"\n")
+    records = list(load.read_records(path))
+    assert records[0].messages == EXPECTED  # a byte-order mark is not a broken line
+    assert records[1].unparsed and records[1].problem.startswith("not UTF-8 text")
+    assert records[2].messages == EXPECTED
+
+
+def test_a_file_with_no_line_of_json_is_an_input_error():
+    with pytest.raises(InputError, match=r"not_json\.jsonl:1: not valid JSON .*no line of the "
+                                         r"file is valid JSON"):
+        list(load.read_records(DATA / "not_json.jsonl"))
 
 
 def test_one_bad_record_among_many_comes_back_with_its_line_and_problem():

@@ -1,7 +1,9 @@
-"""LD100: records that are not readable conversations.
+"""LD100: lines that are not JSON, and records that are not readable conversations.
 
-One bad record among many is a finding (with its `file:line`) and the rest of the file is
-still checked; a file in which no record is a conversation is an input error (exit 2).
+One broken line or bad record among many is a finding (with its `file:line`) and the rest of
+the file is still checked; a file in which no record is a conversation is an input error
+(exit 2). The first `MAX_KEPT` bad lines are kept with their numbers, all of them counted, so
+a file of millions of lines costs bounded memory however broken it is.
 """
 
 from __future__ import annotations
@@ -10,47 +12,57 @@ from ..errors import InputError
 from ..findings import Severity
 from ..rules import Outcome, rule
 
-MAX_LISTED = 10  # bad records reported one by one; the rest are counted in one finding
+MAX_LISTED = 10   # bad records reported one by one; the rest are counted in one finding
+MAX_KEPT = 1000   # bad records kept with their line numbers; every one is counted
 
 
 def scan_records(ctx) -> dict:
     """Count good and bad records in one streaming pass (memoised on the context)."""
     def compute():
-        good, bad, shapes = 0, [], {}
+        good, n_bad, n_unparsed, bad, shapes = 0, 0, 0, [], {}
         for rec in ctx.records():
             if rec.messages is None:
-                bad.append(rec)
+                n_bad += 1
+                n_unparsed += rec.unparsed
+                if len(bad) < MAX_KEPT:
+                    bad.append(rec)
             else:
                 good += 1
                 shapes[rec.shape] = shapes.get(rec.shape, 0) + 1
         if good == 0 and bad:
             raise InputError(f"{bad[0].location}: {bad[0].problem} (and no record in the file "
                              f"is a readable conversation)")
-        ctx.summary.update({"records": good + len(bad), "records_readable": good,
-                            "record_shapes": shapes})
-        return {"good": good, "bad": bad, "shapes": shapes}
+        ctx.summary.update({"records": good + n_bad, "records_readable": good,
+                            "records_unparseable": n_unparsed, "record_shapes": shapes})
+        return {"good": good, "bad": bad, "n_bad": n_bad, "n_unparsed": n_unparsed,
+                "shapes": shapes}
     return ctx.memo("record_scan", compute)
 
 
-@rule("LD100", "unreadable-record", command="dataset", severity=Severity.WARNING)
+@rule("LD100", "unreadable-record", command="dataset", severity=Severity.ERROR)
 def unreadable_record(ctx) -> Outcome:
-    """A record in the data file is not a conversation the chat template can render.
+    """A line of the data file is not JSON, or its record is not a conversation a template renders.
 
     ## What it does
-    Reads every record of the data file in any of the four accepted shapes (`messages`,
-    MiniMind `conversations`, ShareGPT `from`/`value`, `prompt`/`completion`) and reports each
-    record that has no recognizable conversation, a role a chat template cannot take, or
-    content that is not a string, with its `file:line`.
+    Reads every line of the data file, and every record in any of the four accepted shapes
+    (`messages`, MiniMind `conversations`, ShareGPT `from`/`value`, `prompt`/`completion`), and
+    reports each line that is not valid JSON (or not UTF-8 text) and each record that has no
+    recognizable conversation, a role a chat template cannot take, or content that is not a
+    string, with its `file:line`. The rest of the file is still checked; the first 1,000 bad
+    lines are kept with their numbers and all of them are counted.
 
     ## Why is this bad?
-    Training code usually either crashes on such a record hours into a run, or silently
-    skips or mangles it (a `None` content becomes the text "None"). Either way the data you
-    think you train on is not the data you train on.
+    An error, because the run it leads to is wasted or wrong: the usual `json.loads(line)` loop
+    raises on the first broken line (hours into the run when the file is streamed), and code
+    that catches the error or reads records loosely silently skips or mangles them (a `None`
+    content becomes the text "None"). Either way the data you think you train on is not the
+    data you train on.
 
     ## Example
     ```json
     {"conversations": [{"role": "narrator", "content": "Once upon a time"}]}
     {"messages": [{"role": "user", "content": ["a", "list"]}]}
+    {"messages": [{"role": "user", "content": "cut off here
     ```
 
     ## Use instead
@@ -62,18 +74,31 @@ def unreadable_record(ctx) -> Outcome:
     bad = scan["bad"]
     findings = [
         unreadable_record.finding(rec.problem, location=rec.location,
-                                  evidence={"line": rec.line},
-                                  fix="make the record a list of {role, content} turns with "
-                                      "string content and roles system/user/assistant")
+                                  evidence={"line": rec.line, "unparsed": rec.unparsed},
+                                  fix=_fix(rec))
         for rec in bad[:MAX_LISTED]
     ]
-    if len(bad) > MAX_LISTED:
+    n_rest = scan["n_bad"] - min(len(bad), MAX_LISTED)
+    if n_rest > 0:
         rest = bad[MAX_LISTED:]
+        kept = f" (lines of the first {len(rest)} in evidence)" if len(rest) < n_rest else ""
         findings.append(unreadable_record.finding(
-            f"{len(rest)} more records are not readable conversations",
-            location=rest[0].location, evidence={"lines": [r.line for r in rest[:1000]]}))
-    total = scan["good"] + len(bad)
-    return Outcome(findings, summary=f"{scan['good']} of {total} records are readable conversations")
+            f"{n_rest} more lines are not valid JSON or not readable conversations{kept}",
+            location=rest[0].location, evidence={"count": n_rest,
+                                                 "lines": [r.line for r in rest]},
+            fix="repair or drop these lines; the rest of the file was checked"))
+    total = scan["good"] + scan["n_bad"]
+    summary = f"{scan['good']} of {total} records are readable conversations"
+    if scan["n_unparsed"]:
+        summary += f"; {scan['n_unparsed']} lines are not valid JSON"
+    return Outcome(findings, summary=summary)
+
+
+def _fix(rec) -> str:
+    if rec.unparsed:
+        return "repair the line (one complete JSON object per line) or drop it"
+    return "make the record a list of {role, content} turns with string content and roles " \
+           "system/user/assistant"
 
 
 RULES = [unreadable_record]
