@@ -284,7 +284,8 @@ def assistant_tokens_unsupervised(ctx) -> Outcome:
                                partial_turns=c.partial_turns),
             fix="supervise every assistant turn's body up to and including its end-of-turn "
                 "token; " + TEMPLATE_FIX))
-    with_labels = c.compared - c.no_supervised.count
+    # Only the compared samples count here: no_supervised also holds samples whose ids differ.
+    with_labels = c.compared_supervising
     return Outcome(findings, views=_views(a, "LD104"),
                    summary=f"{c.assistant_tokens - c.missing_tokens} of {c.assistant_tokens} "
                            f"assistant tokens supervised in the {with_labels} samples that "

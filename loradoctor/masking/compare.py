@@ -59,6 +59,7 @@ class Comparison:
 
     samples: int = 0
     compared: int = 0  # aligned with the template's ids, masks compared
+    compared_supervising: int = 0  # of those, the samples that supervise at least one token
     no_supervised: Lines = field(default_factory=Lines)
     prompt_supervised: Lines = field(default_factory=Lines)
     prompt_categories: Counter = field(default_factory=Counter)
@@ -306,6 +307,7 @@ class Comparer:
         res.compared += 1
         supervised = diff.n_supervised > 0
         if supervised:
+            res.compared_supervising += 1
             res.assistant_tokens += diff.assistant_total - diff.cut
         if not supervised:
             self._view("LD101", diff)
