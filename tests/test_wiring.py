@@ -205,6 +205,79 @@ def test_an_adapter_that_is_called_passes_ld204(cli, tiny_llama_dir):
     assert code == 0 and not found(data, "LD204")
 
 
+# --- LD205 peft-target-matches-nothing --------------------------------------------------
+
+
+@pytest.mark.parametrize("fn, field, entry, closest", [
+    ("bad_typo", "target_modules", "v_prj", "v_proj"),
+    ("bad_regex", "target_modules", "v_prj", "v_proj"),
+    ("bad_modules_to_save", "modules_to_save", "lm_haed", "lm_head"),
+    ("bad_in_place", "target_modules", "vproj", "v_proj"),
+])
+def test_a_peft_entry_that_matches_nothing_is_an_error_naming_the_closest_names(
+        cli, tiny_llama_dir, fn, field, entry, closest):
+    code, data = check(cli, tiny_llama_dir, f"{LORA / 'ld205.py'}:{fn}", select="LD205")
+    assert code == 1
+    (finding,) = found(data, "LD205", "error")
+    assert finding["location"] == f"peft_config.{field}"
+    assert finding["evidence"]["entry"] == entry
+    assert finding["evidence"]["closest"][0] == closest
+    assert f"{entry!r} " in finding["message"] and "matches no module of the model" in \
+        finding["message"]
+    assert finding["fix"] == f"use a name the model has ({closest})"
+
+
+def test_the_typo_is_named_although_the_coverage_looks_even(cli, tiny_llama_dir):
+    code, data = check(cli, tiny_llama_dir, f"{LORA / 'ld205.py'}:bad_typo",
+                       select="LD205,LD210")
+    assert code == 1 and not found(data, "LD210")  # q_proj on every layer: even coverage
+    (finding,) = found(data, "LD205")
+    assert "PEFT adapts only what the other entries match (2 modules: q_proj)" in \
+        finding["message"]
+
+
+def test_a_target_list_for_another_architecture_names_each_missing_entry(cli, tiny_llama_dir):
+    code, data = check(cli, tiny_llama_dir, f"{LORA / 'ld205.py'}:bad_other_architecture",
+                       select="LD205")
+    assert code == 1
+    assert sorted(f["evidence"]["entry"] for f in found(data, "LD205")) == [
+        "c_attn", "query_key_value"]
+    assert data["checks"][0]["summary"] == ("2 of 4 PEFT config entries match no module "
+                                            "(target_modules 4)")
+
+
+def test_layer_indexes_past_the_models_depth_are_named(cli, tiny_llama_dir):
+    code, data = check(cli, tiny_llama_dir, f"{LORA / 'ld205.py'}:bad_layers", select="LD205")
+    assert code == 1
+    messages = [f["message"] for f in found(data, "LD205")]
+    assert messages == [f"layers_to_transform index {i} is no layer of the targeted modules, so "
+                        f"no layer with that index carries an adapter; they exist in layers 0-1"
+                        for i in (2, 3)]
+
+
+def test_a_typo_in_peft_on_the_command_line_is_an_error(cli_subprocess, tiny_llama_dir):
+    result = cli_subprocess("check-model", "--model", tiny_llama_dir, "--peft",
+                            "r=8,lora_alpha=16,target_modules=q_proj,v_proj,down_poj",
+                            "--select", "LD205", "--json")
+    assert result.code == 1, result.err
+    (finding,) = json.loads(result.out)["findings"]
+    assert finding["evidence"]["entry"] == "down_poj"
+    assert finding["evidence"]["closest"][0] == "down_proj"
+
+
+@pytest.mark.parametrize("fn", ["good", "good_regex"])
+def test_peft_configs_whose_every_entry_matches_pass_ld205(cli, tiny_llama_dir, fn):
+    code, data = check(cli, tiny_llama_dir, f"{LORA / 'ld205.py'}:{fn}", select="LD205")
+    assert code == 0 and not data["findings"]
+    assert data["checks"][0]["status"] == "pass"
+    assert data["checks"][0]["summary"].startswith("each of ")
+
+
+def test_hand_written_adapters_skip_ld205(cli, tiny_llama_dir):
+    code, data = check(cli, tiny_llama_dir, f"{LORA / 'ld210.py'}:good", select="LD205")
+    assert code == 0 and data["checks"][0]["status"] == "skip"
+
+
 # --- LD210 uneven-adapter-coverage ------------------------------------------------------
 
 

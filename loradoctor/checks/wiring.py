@@ -1,11 +1,12 @@
 """LD2xx: adapter wiring. Which layer's weights and which adapter each patched forward really
-uses, class-level patches, double patches, adapters never called, and coverage.
+uses, class-level patches, double patches, adapters never called, PEFT config entries that
+match nothing, and coverage.
 
 Every rule here reads the same two measurements (`measure.discovery`, `measure.module_probe`):
 the adapters found in the adapted model, and each adapted layer called on its own with every
 adapter's factors set to distinct random values. Static evidence (what a patched forward's
 closure cells, defaults and partial arguments hold) and behavioural evidence (what the layer
-computes) are both reported.
+computes) are both reported. LD205 reads the PEFT config instead (`model/peft_targets.py`).
 """
 
 from __future__ import annotations
@@ -394,6 +395,107 @@ def adapter_never_called(ctx) -> Outcome:
     return Outcome(findings, summary=summary)
 
 
+FIELD_EFFECT = {
+    "target_modules": "PEFT adapts only what the other entries match",
+    "modules_to_save": "PEFT neither trains nor saves a full copy of it",
+    "layers_to_transform": "no layer with that index carries an adapter",
+    "layers_pattern": "PEFT finds no layer index through it",
+}
+
+
+def peft_config_check(ctx):
+    """The PEFT config's entries matched one by one (memoised), or SkipCheck without one."""
+    from ..model.peft_targets import (base_of, check_configs, live_configs, original_names,
+                                      weight_names)
+
+    def compute():
+        model = ctx.adapted
+        configs = live_configs(model) or live_configs(base_of(model))
+        if configs:
+            source = "the model's peft_config"
+        elif ctx.peft_kwargs is not None:
+            configs, source = {"default": ctx.peft_kwargs}, "--peft"
+        else:
+            return None
+        base = base_of(model)
+        return check_configs(configs, original_names(base), source, weight_names(base))
+    result = ctx.memo("peft_targets", compute)
+    if result is None:
+        raise SkipCheck("no PEFT config: the adapters are not PEFT's")
+    return result
+
+
+@rule("LD205", "peft-target-matches-nothing", command="model", severity=Severity.ERROR)
+def peft_target_matches_nothing(ctx) -> Outcome:
+    """An entry of the PEFT config (`target_modules`, `modules_to_save`, a layer) matches nothing.
+
+    ## What it does
+    Takes the PEFT config (from `--peft`, a `PeftModel`, or a model your apply code adapted
+    with PEFT) and matches every explicit entry on its own against the model's module names,
+    with PEFT's own rules: each `target_modules` name (or each alternative of a
+    `target_modules` regex), each `modules_to_save` name, each `layers_to_transform` index and
+    each `layers_pattern`. An entry that matches no module is reported with the closest real
+    module names.
+
+    ## Why is this bad?
+    An error, because the run trains something other than what the config says: PEFT raises
+    only when *no* target entry matches. `["q_proj", "v_prj"]` silently adapts `q_proj` alone
+    on every layer (the coverage is even, so nothing looks wrong), `modules_to_save=["lm_haed"]`
+    silently leaves the head frozen and out of the checkpoint, and `layers_to_transform=[28,
+    29, 30, 31]` on a 30-layer model silently adapts two layers. A list written for another
+    architecture (`c_attn`, `query_key_value` on a Llama) fails the same way.
+
+    ## Example
+    ```python
+    LoraConfig(r=8, target_modules=["q_proj", "v_prj"], modules_to_save=["lm_haed"])
+    ```
+
+    ## Use instead
+    ```python
+    LoraConfig(r=8, target_modules=["q_proj", "v_proj"], modules_to_save=["lm_head"])
+    ```
+    (print `[n for n, _ in model.named_modules()]` to see the real names).
+    """
+    result = peft_config_check(ctx)
+    findings = []
+    for u in result.unmatched:
+        entry = repr(u.entry) if isinstance(u.entry, str) else str(u.entry)
+        adapter = f" of adapter {u.adapter!r}" if u.adapter != "default" else ""
+        effect = FIELD_EFFECT[u.field]
+        targeted = result.matched.get(u.adapter, [])
+        if u.field == "target_modules" and targeted:
+            kinds = sorted({n.rsplit(".", 1)[-1] for n in targeted})
+            effect += f" ({len(targeted)} modules: {', '.join(kinds[:6])})"
+        if u.field == "layers_to_transform":
+            text = (f"layers_to_transform index {entry}{adapter} is no layer of the targeted "
+                    f"modules, so {effect}" + (f"; they exist in {u.closest[0]}" if u.closest
+                                               else ""))
+            fix = "keep only layer indexes the model has" + (f" ({u.closest[0]})" if u.closest
+                                                             else "")
+        else:
+            what = f"{u.field} entry {entry}"
+            if u.pattern is not None:
+                what = f"the alternative {entry} of the target_modules regex {u.pattern!r}"
+            near = f"; closest real names: {', '.join(u.closest)}" if u.closest else \
+                "; no module name is close to it"
+            text = f"{what}{adapter} matches no module of the model, so {effect}{near}"
+            fix = (f"use a name the model has ({u.closest[0]})" if u.closest else
+                   "keep only names this model has (print [n for n, _ in model.named_modules()])")
+        findings.append(peft_target_matches_nothing.finding(
+            text, location=f"peft_config.{u.field}", fix=fix,
+            evidence={"field": u.field, "entry": u.entry, "adapter": u.adapter,
+                      "pattern": u.pattern, "closest": u.closest, "source": result.source}))
+    checked = ", ".join(f"{field} {n}" for field, n in result.checked.items())
+    total = sum(result.checked.values())
+    if findings:
+        summary = f"{len(findings)} of {total} PEFT config entries match no module ({checked})"
+    elif total:
+        summary = f"each of {total} PEFT config entries matches a module ({checked})"
+    else:
+        summary = "the PEFT config names no entry to check (all-linear or PEFT's defaults)"
+    return Outcome(findings, summary=summary)
+
+
 @rule("LD210", "uneven-adapter-coverage", command="model", severity=Severity.WARNING)
 def uneven_adapter_coverage(ctx) -> Outcome:
     """Adapters cover the layers unevenly, the output head or embeddings, or the base is not frozen.
@@ -543,4 +645,4 @@ def _ranges(values: list[int]) -> str:
 
 
 RULES = [closure_aliased_forward, forward_patched_on_class, module_patched_twice,
-         adapter_never_called, uneven_adapter_coverage]
+         adapter_never_called, peft_target_matches_nothing, uneven_adapter_coverage]
