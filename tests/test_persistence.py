@@ -12,6 +12,7 @@ from .helpers import check_model, found
 
 LORA = FIXTURES / "lora"
 MINIMIND = PIPELINES / "minimind_lora.py"
+MINIMIND_FP16 = PIPELINES / "minimind_fp16_save.py"
 
 
 # check(cli, model_dir, spec, *extra) -> (exit code, JSON report)
@@ -37,24 +38,62 @@ def test_registered_adapters_survive_the_round_trip_and_the_users_own_save_load(
     assert "save_lora/load_lora max |diff| 0" in summary
 
 
-def test_a_save_filter_that_misses_the_adapters_and_pickled_loading_are_warned(cli,
-                                                                               tiny_llama_dir):
+def test_a_save_filter_that_loses_the_adapters_is_an_error_and_weights_only_false_warned(
+        cli, tiny_llama_dir):
     code, data = check(cli, tiny_llama_dir, f"{LORA / 'ld501_user_save.py'}:bad")
-    assert code == 0  # the model itself round-trips; the user's helpers are what loses it
-    warnings = found(data, "LD501", "warning")
-    unsafe = next(f for f in warnings if "weights_only" in f["message"])
+    assert code == 1  # the model itself round-trips; the user's save_lora is what loses it
+    (lossy,) = found(data, "LD501", "error")
+    assert "save_lora/load_lora" in lossy["message"]
+    assert "restores 0 of 14 adapters" in lossy["message"]
+    (unsafe,) = found(data, "LD501", "warning")
     assert unsafe["location"].endswith("ld501_user_save.py:38")
     assert "and weights_only=False" in unsafe["message"]
-    lossy = next(f for f in warnings if "save_lora/load_lora" in f["message"])
-    assert "restores 0 of 14 adapters" in lossy["message"]
 
 
-def test_the_minimind_pipeline_round_trips_and_only_its_torch_load_is_warned(cli,
-                                                                             tiny_llama_dir):
+def test_torch_load_without_weights_only_is_only_info_on_a_torch_that_defaults_to_safe(
+        cli, tiny_llama_dir):
     code, data = check(cli, tiny_llama_dir, f"{MINIMIND}:apply_lora_factory")
-    assert code == 0
+    assert code == 0 and not found(data, "LD501", "warning")
+    (note,) = found(data, "LD501", "info")
+    assert "without weights_only: safe on torch" in note["message"]
+    assert "default since torch 2.6" in note["message"]
+    assert note["evidence"]["weights_only_default"] is True
+
+
+def test_torch_load_without_weights_only_is_warned_on_a_torch_older_than_2_6(
+        cli, tiny_llama_dir, monkeypatch):
+    from loradoctor.model import measurements
+    monkeypatch.setattr(measurements, "torch_version", lambda: "2.5.1")
+    assert not measurements.weights_only_by_default()
+    code, data = check(cli, tiny_llama_dir, f"{MINIMIND}:apply_lora_factory")
     (unsafe,) = found(data, "LD501", "warning")
-    assert "without weights_only=True" in unsafe["message"]
+    assert "without weights_only=True on torch 2.5.1" in unsafe["message"]
+    assert not found(data, "LD501", "info")
+
+
+def test_a_save_pair_that_rounds_b_and_drops_a_still_loses_every_adapter(cli, tiny_llama_dir):
+    code, data = check(cli, tiny_llama_dir, f"{LORA / 'ld501_half_lost.py'}:bad")
+    assert code == 1
+    (lossy,) = found(data, "LD501", "error")
+    assert "restores 0 of 14 adapters" in lossy["message"]
+    assert not [f for f in data["findings"] if "rounded" in f["message"]]
+
+
+def test_a_save_pair_that_stores_fp16_restores_every_adapter_rounded_and_is_only_info(
+        cli, tiny_llama_dir):
+    """MiniMind's save_lora stores each adapter tensor with .half(): nothing is lost."""
+    code, data = check(cli, tiny_llama_dir, f"{MINIMIND_FP16}:apply_lora")
+    assert code == 0
+    assert not found(data, "LD501", "error") and not found(data, "LD501", "warning")
+    rounded = next(f for f in found(data, "LD501", "info") if "rounded" in f["message"])
+    assert rounded["message"].startswith("your save_lora/load_lora restores all 8 adapters into "
+                                         "a fresh copy, with 8 of them rounded: it stores their "
+                                         "tensors as fp16")
+    ev = rounded["evidence"]
+    assert ev["not_restored"] == [] and len(ev["rounded"]) == 8 and ev["rounded_as"] == "fp16"
+    assert 0 < ev["diff"] and 0 < ev["max_rel_error"] < 2.0 ** -10  # fp16 rounding, no more
+    summary = {c["code"]: c["summary"] for c in data["checks"]}["LD501"]
+    assert "fresh copy restores 8 of 8 adapters" in summary and "(rounded fp16)" in summary
 
 
 def test_peft_adapters_round_trip_and_merge(cli, tiny_llama_dir):

@@ -8,6 +8,8 @@ it, then a fresh copy rebuilt from the model directory by your own apply code (o
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..findings import Severity
 from ..rules import Outcome, SkipCheck, rule
 
@@ -34,8 +36,12 @@ def adapter_round_trip_mismatch(ctx) -> Outcome:
     Then loads the base model again from disk, applies your own LoRA code (or PEFT) to it,
     loads the saved tensors by name and compares: every adapter must be restored and the
     logits must match. When your apply module also defines `save_lora`/`load_lora` (or
-    `save_adapter`/`load_adapter`), that pair gets the same round trip. Calls to `torch.load`
-    without `weights_only=True` in your module are flagged as unsafe.
+    `save_adapter`/`load_adapter`), that pair gets the same round trip. An adapter counts as
+    restored when its loaded factors are far closer to the saved values than to the fresh
+    copy's own start: a pair that saves in fp16 restores every adapter, rounded, and is
+    reported as information with the logit difference it causes; an adapter left at its fresh
+    start is lost, an error. Calls to `torch.load` in your module that pass
+    `weights_only=False`, or omit it on a torch older than 2.6, are warned as unsafe.
 
     ## Why is this bad?
     An adapter that is not in the `state_dict` (kept in a Python list or only in a closure),
@@ -59,16 +65,31 @@ def adapter_round_trip_mismatch(ctx) -> Outcome:
     missing = set(state) - set(load_file(path)); assert not missing
     ```
     """
-    from ..model.measurements import adapters_or_skip, persistence, unsafe_torch_loads
+    from ..model.measurements import (adapters_or_skip, persistence, torch_version,
+                                      unsafe_torch_loads, weights_only_by_default)
     adapters = adapters_or_skip(ctx)
     findings = []
+    safe_default = weights_only_by_default()
     for hit in unsafe_torch_loads(ctx):
-        findings.append(adapter_round_trip_mismatch.finding(
-            f"{hit['file']}:{hit['line']} loads with {hit['code'] or 'torch.load(...)'} "
-            + ("and weights_only=False" if hit["explicit_false"] else "without weights_only=True")
-            + ": unpickling a checkpoint can run arbitrary code (and did by default before "
-              "torch 2.6)", location=f"{hit['file']}:{hit['line']}", severity=Severity.WARNING,
-            evidence=hit, fix="save adapters with safetensors, or pass weights_only=True"))
+        where = f"{hit['file']}:{hit['line']}"
+        call = f"{Path(hit['file']).name}:{hit['line']} loads with " \
+               f"{hit['code'] or 'torch.load(...)'}"
+        evidence = {**hit, "torch": torch_version(), "weights_only_default": safe_default}
+        if hit["explicit_false"] or not safe_default:
+            findings.append(adapter_round_trip_mismatch.finding(
+                f"{call} " + ("and weights_only=False: unpickling the checkpoint can run "
+                              "arbitrary code" if hit["explicit_false"] else
+                              f"without weights_only=True on torch {torch_version()}, whose "
+                              f"default still unpickles anything: loading a checkpoint can run "
+                              f"arbitrary code"),
+                location=where, severity=Severity.WARNING, evidence=evidence,
+                fix="save adapters with safetensors, or pass weights_only=True"))
+        else:
+            findings.append(adapter_round_trip_mismatch.finding(
+                f"{call} without weights_only: safe on torch {torch_version()} (weights_only=True "
+                f"is the default since torch 2.6), unsafe wherever the code runs on an older torch",
+                location=where, severity=Severity.INFO, evidence=evidence,
+                fix="pass weights_only=True to keep it safe on every torch version"))
     ps = persistence(ctx)
     _skip_if_broken(ps)
     if ps.fresh_error:
@@ -105,23 +126,43 @@ def adapter_round_trip_mismatch(ctx) -> Outcome:
             findings.append(adapter_round_trip_mismatch.finding(
                 f"your {pair} round trip fails: {ur['error']}", severity=Severity.WARNING,
                 evidence=ur, fix=f"make {pair} save and load the adapters of this model"))
-        elif ur.get("not_restored") or ur.get("diff", 0) > limit:
-            lost = ur.get("not_restored") or []
+        elif ur.get("not_restored"):
+            # A lost adapter serves its untrained start after loading: the trained run is gone.
+            lost = ur["not_restored"]
             findings.append(adapter_round_trip_mismatch.finding(
                 f"your {pair} (beside the apply function) restores {len(adapters) - len(lost)} of "
                 f"{len(adapters)} adapters into a fresh copy (logits up to {ur['diff']:.4g} away): "
-                f"a checkpoint saved with it loses " + (_names(lost) if lost else "part of the "
-                                                        "adapter state"),
-                location=lost[0] if lost else None, severity=Severity.WARNING,
-                evidence={**ur, "tolerance": limit},
+                f"a checkpoint saved with it loses {_names(lost)}",
+                location=lost[0], evidence={**ur, "tolerance": limit},
                 fix=f"make {ur['save']} keep every adapter tensor (filter on the real parameter "
                     f"names)"))
+        elif ur.get("rounded"):
+            # Every adapter is back, at the precision it was saved in: a choice, not a loss.
+            precision = f"as {ur['rounded_as']}" if ur.get("rounded_as") else \
+                "in a lower precision"
+            findings.append(adapter_round_trip_mismatch.finding(
+                f"your {pair} restores all {len(adapters)} adapters into a fresh copy, with "
+                f"{len(ur['rounded'])} of them rounded: it stores their tensors {precision} "
+                f"(relative error up to {ur['max_rel_error']:.2g}); logits up to "
+                f"{ur['diff']:.4g} away from the model you saved", severity=Severity.INFO,
+                location=ur["rounded"][0], evidence={**ur, "tolerance": limit},
+                fix=f"keep the adapters in their training dtype in {ur['save']} if you resume "
+                    f"training from the checkpoint; for inference the rounding is harmless"))
+        elif ur.get("diff", 0) > limit:
+            findings.append(adapter_round_trip_mismatch.finding(
+                f"your {pair} restores every adapter tensor exactly, yet the fresh copy's logits "
+                f"are up to {ur['diff']:.4g} away from yours (tolerance {limit:.1e}): a "
+                f"checkpoint saved with it loses part of the adapter state",
+                severity=Severity.WARNING, evidence={**ur, "tolerance": limit},
+                fix=f"make {ur['save']} save every tensor the adapted forward uses"))
     diff = ps.roundtrip_diff
     summary = (f"{ps.saved_keys} adapter tensors saved as safetensors; fresh copy restores "
                f"{len(adapters) - len(ps.not_restored)} of {len(adapters)} adapters, logits "
                f"max |diff| {diff:.2g}" if diff is not None else "round trip not measured")
     if ur is not None and not ur.get("error"):
         summary += f"; {ur['save']}/{ur['load']} max |diff| {ur.get('diff', float('nan')):.2g}"
+        if ur.get("rounded") and not ur.get("not_restored"):
+            summary += f" (rounded {ur.get('rounded_as') or 'to a lower precision'})"
     return Outcome(findings, summary=summary)
 
 

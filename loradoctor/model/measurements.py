@@ -51,6 +51,11 @@ MERGE_RTOL = {torch.float32: 1e-3, torch.float64: 1e-6, torch.float16: 3e-2,
               torch.bfloat16: 1e-1}
 PROBE_SHAPE = (2, 4)          # (batch, tokens) of the per-layer probe input
 PERTURB_RELATIVE = 0.05       # ||scaling * B @ A|| / ||W|| after the persistence perturbation
+# Round trip: a factor counts as restored when its loaded value lies within this share of the
+# saved value's distance from the fresh copy's own start (or of the saved value's size, when
+# larger). Rounding to fp16 (2^-11) or bf16 (2^-8) stays far inside it; a factor left at its
+# fresh initialisation is a whole perturbation away.
+RESTORED_WITHIN = 0.01
 SAVE_LOAD_NAMES = [("save_lora", "load_lora"), ("save_adapter", "load_adapter"),
                    ("save_adapters", "load_adapters"), ("save_lora_weights", "load_lora_weights")]
 
@@ -504,6 +509,7 @@ class Persistence:
     unregistered: list[str] = field(default_factory=list)
     roundtrip_diff: float | None = None
     not_restored: list[str] = field(default_factory=list)
+    rounded: list[str] = field(default_factory=list)  # restored, but not bit for bit
     unexpected_keys: list[str] = field(default_factory=list)
     user_roundtrip: dict | None = None
     merge_diff: float | None = None
@@ -604,7 +610,8 @@ def _persistence(ctx) -> Persistence:
             loaded = load_file(str(tmp / "adapter.safetensors"))
             result = fresh.load_state_dict(loaded, strict=False)
             res.unexpected_keys = list(result.unexpected_keys)
-            res.not_restored = _not_restored(keys, adapters, fresh_adapters, perturbed)
+            back = _restoration(keys, adapters, fresh_adapters, perturbed, initial)
+            res.not_restored, res.rounded = back["lost"], back["rounded"]
             res.roundtrip_diff = _max_diff(fresh, ctx.probe, reference)
 
             if load_fn is not None:
@@ -653,15 +660,45 @@ def _keys(adapters) -> list[tuple[str, int]]:
     return out
 
 
-def _not_restored(keys, adapters, fresh_adapters, perturbed) -> list[str]:
-    out = []
+def _restoration(keys, adapters, fresh_adapters, perturbed, initial) -> dict[str, Any]:
+    """Which adapters a load restored into the fresh copy, judged against the perturbation.
+
+    `lost`: adapters missing from the fresh copy, or with a factor still nearer its fresh
+    start than the saved value (`RESTORED_WITHIN`). `rounded`: restored, but not bit for bit
+    (a save in lower precision); `rounded_as` names that precision when every rounded value is
+    exactly the saved one cast to fp16 (or bf16); `max_rel_error` is the largest
+    ||loaded - saved|| / ||saved|| of a restored factor.
+    """
+    lost, rounded, casts, worst = [], [], {"fp16": True, "bf16": True}, 0.0
     for k, a in zip(keys, adapters):
         fa = fresh_adapters.get(k)
-        A, B = perturbed[k]
-        if fa is None or not (torch.equal(fa.a_matrix().detach().float().cpu(), A)
-                              and torch.equal(fa.b_matrix().detach().float().cpu(), B)):
-            out.append(a.name)
-    return out
+        if fa is None:
+            lost.append(a.name)
+            continue
+        loaded = (fa.a_matrix().detach().float().cpu(), fa.b_matrix().detach().float().cpu())
+        start = tuple(t.detach().float().cpu() for t in initial[k]) if k in initial else None
+        exact, restored, errors, cast = True, True, [], {"fp16": True, "bf16": True}
+        for got, saved, init in zip(loaded, perturbed[k], start or (None, None)):
+            if got.shape != saved.shape:
+                restored = False
+                break
+            if torch.equal(got, saved):
+                continue
+            exact = False
+            dist, size = float((got - saved).norm()), float(saved.norm())
+            moved = float((saved - init).norm()) if init is not None else size
+            restored = restored and dist <= RESTORED_WITHIN * max(moved, size)
+            errors.append(dist / size if size else math.inf)
+            for name, dt in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
+                cast[name] = cast[name] and torch.equal(got, saved.to(dt).float())
+        if not restored:
+            lost.append(a.name)
+        elif not exact:
+            rounded.append(a.name)
+            worst = max(worst, *errors)
+            casts = {n: casts[n] and cast[n] for n in casts}
+    rounded_as = next((n for n, ok in casts.items() if ok), None) if rounded else None
+    return {"lost": lost, "rounded": rounded, "rounded_as": rounded_as, "max_rel_error": worst}
 
 
 def _user_roundtrip(fresh, fresh_adapters, initial, load_fn, save_fn, tmp, user_error,
@@ -677,7 +714,9 @@ def _user_roundtrip(fresh, fresh_adapters, initial, load_fn, save_fn, tmp, user_
     except Exception as exc:  # noqa: BLE001
         out["error"] = f"{load_fn.__name__} raised {one_line(exc)}"
         return out
-    out["not_restored"] = _not_restored(keys, adapters, fresh_adapters, perturbed)
+    back = _restoration(keys, adapters, fresh_adapters, perturbed, initial)
+    out["not_restored"], out["rounded"] = back["lost"], back["rounded"]
+    out["rounded_as"], out["max_rel_error"] = back["rounded_as"], back["max_rel_error"]
     out["diff"] = _max_diff(fresh, probe, reference)
     for n, fa in fresh_adapters.items():
         fa.set_factors(*initial[n])
@@ -703,6 +742,15 @@ def _takes_two(fn) -> bool:
         return True
     except (TypeError, ValueError):
         return False
+
+
+def torch_version() -> str:
+    return str(torch.__version__).split("+")[0]
+
+
+def weights_only_by_default() -> bool:
+    """torch.load unpickles only tensors and plain containers by default since torch 2.6."""
+    return torch.torch_version.TorchVersion(torch_version()) >= "2.6"
 
 
 def unsafe_torch_loads(ctx) -> list[dict[str, Any]]:
