@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--dataset", metavar="SPEC",
                     help="your dataset class or labelling function: file.py:NAME or pkg.mod:NAME")
     ds.add_argument("--max-length", type=int, metavar="N", help="the max length you train with")
+    ds.add_argument("--tokenized", action="store_true",
+                    help="DATA rows already hold input_ids and labels (and maybe attention_mask): "
+                         "judge the labels against the template's structure in the tokens")
     ds.add_argument("--show", type=int, default=3, metavar="N",
                     help="colored token views for up to N failing samples (default 3)")
     ds.add_argument("--workers", type=int, default=1, metavar="N",
@@ -85,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     md.add_argument("--train-steps", type=int, default=0, metavar="N",
                     help="also run N real optimizer steps and report the training signal")
+    md.add_argument("--freeze-base", action="store_true",
+                    help="freeze every non-adapter parameter after the apply function, as a "
+                         "training script that freezes the base later does")
     md.add_argument("--fp16-headroom", type=float, default=4.0, metavar="X",
                     help="warn (LD302) when an fp32 activation is within X times fp16's limit "
                          "65504 (default 4)")
@@ -145,38 +151,21 @@ def _dispatch(args) -> int:
         from .reference.runner import run_reference
         return run_reference(args.name, as_json=args.json)
 
-    from . import engine
-    from .context import DatasetContext, ModelContext
-    from .load import parse_kwargs, resolve_device
+    from . import api
+    from .load import parse_kwargs
     from .render import console, print_json, print_report
 
-    selected = registry.select(registry.rules_for("dataset" if args.command == "check-dataset"
-                                                  else "model"),
-                               registry.parse_codes(args.select), registry.parse_codes(args.ignore))
     if args.command == "check-dataset":
-        if args.max_length is not None and args.max_length < 1:
-            raise InputError(f"--max-length {args.max_length}: must be a positive number")
-        ctx = DatasetContext(Path(args.data), Path(args.tokenizer), args.dataset, args.max_length,
-                             args.show, max(1, args.workers))
-        title = f"loradoctor check-dataset · {args.data} · tokenizer {args.tokenizer}"
+        inputs = dict(data=args.data, tokenizer=args.tokenizer, dataset=args.dataset,
+                      max_length=args.max_length, show=args.show, workers=args.workers,
+                      tokenized=args.tokenized)
     else:
-        dtypes = tuple(d.strip() for d in args.dtypes.split(",")) if args.dtypes else None
-        if dtypes:
-            from .load import torch_dtype
-            for d in dtypes:
-                torch_dtype(d)
-        ctx = ModelContext(
-            Path(args.model), args.apply, parse_kwargs(args.apply_arg),
-            parse_peft(args.peft) if args.peft else None,
-            Path(args.data) if args.data else None,
-            Path(args.tokenizer) if args.tokenizer else None,
-            dtypes, resolve_device(args.device), max(0, args.train_steps),
-        )
-        if args.fp16_headroom <= 1:
-            raise InputError(f"--fp16-headroom {args.fp16_headroom:g}: must be above 1")
-        ctx.fp16_headroom = args.fp16_headroom
-        what = args.apply or (f"peft {args.peft}" if args.peft else "no adapter code")
-        title = f"loradoctor check-model · {args.model} · {what}"
+        inputs = dict(model=args.model, apply=args.apply, apply_args=parse_kwargs(args.apply_arg),
+                      peft=args.peft, data=args.data,
+                      tokenizer=args.tokenizer, dtypes=args.dtypes, device=args.device,
+                      train_steps=args.train_steps, fp16_headroom=args.fp16_headroom,
+                      freeze_base=args.freeze_base)
+    inputs.update(select=args.select, ignore=args.ignore, command=args.command)
     err = console(stderr=True)
     show_progress = err.is_terminal and not args.json
     # The user's code runs inside these calls; whatever it prints goes to stderr, so stdout
@@ -184,16 +173,15 @@ def _dispatch(args) -> int:
     with contextlib.redirect_stdout(sys.stderr):
         if show_progress:
             with err.status("loading inputs ..."):
-                ctx.validate_inputs()
-            ctx.progress_console = err
+                run = api.prepare(**inputs)
+            run.set_progress_console(err)
             with err.status("") as status:
-                report = engine.run(args.command, selected, ctx,
-                                    on_progress=lambda r: status.update(f"{r.code} {r.name} ..."))
+                report = run.execute(on_progress=lambda r: status.update(f"{r.code} {r.name} ..."))
         else:
-            ctx.validate_inputs()
-            report = engine.run(args.command, selected, ctx)
+            run = api.prepare(**inputs)
+            report = run.execute()
     if args.json:
         print_json(report, __version__)
     else:
-        print_report(report, title=title, verbose=args.verbose)
+        print_report(report, title=f"loradoctor {run.title}", verbose=args.verbose)
     return report.exit_code

@@ -8,6 +8,7 @@ Loading problems raise `InputError` (exit 2); nothing of the user's is written.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -43,54 +44,164 @@ class _Memo:
 
 @dataclass
 class DatasetContext(_Memo):
-    """What `check-dataset` was given: a data file, a tokenizer, optionally the user's dataset code."""
+    """What `check-dataset` was given: data, a tokenizer, optionally the user's dataset code.
 
-    data: Path
-    tokenizer_dir: Path
+    From the CLI these are paths and a SPEC. From the Python API any of them may be the live
+    object instead: `tokenizer_given` (a tokenizer), `records_given` (conversation records),
+    `dataset_given` (a dataset class, a labelling function, or a dataset instance) and
+    `batches_given` (collated batches). Without conversations (a `--tokenized` file, batches,
+    or an instance alone) the labels are judged against each row's own tokens.
+    """
+
+    data: Path | None = None
+    tokenizer_dir: Path | None = None
     dataset_spec: str | None = None
     max_length: int | None = None
     show: int = 3
     workers: int = 1
     summary: dict[str, Any] = field(default_factory=dict)
     views: list = field(default_factory=list)
+    tokenized: bool = False  # `data` holds token rows, not conversations
+    tokenizer_given: Any = None
+    records_given: list | None = None
+    dataset_given: Any = None
+    batches_given: list | None = None
+    fuzz: int = 0  # --fuzz N: generated conversations through the user's code (masking/fuzz.py)
+    seed: int = 0  # --seed S: the fuzz search's seed
 
     @property
     def tokenizer(self):
+        if self.tokenizer_given is not None:
+            return self.tokenizer_given
         return self.memo("tokenizer", lambda: load.load_tokenizer(self.tokenizer_dir))
 
     @property
+    def tokenizer_path(self) -> str | None:
+        """The tokenizer's directory, for worker processes that load their own copy."""
+        return str(self.tokenizer_dir) if self.tokenizer_dir is not None else None
+
+    @property
     def user_dataset(self) -> Any | None:
-        """The user's dataset class or labelling function, or None without --dataset."""
+        """The user's dataset class, labelling function or instance; None without one."""
+        if self.dataset_given is not None:
+            return self.dataset_given
         if not self.dataset_spec:
             return None
         return self.memo("user_dataset", lambda: load.load_spec(self.dataset_spec))
 
+    @property
+    def has_conversations(self) -> bool:
+        return self.records_given is not None or (self.data is not None and not self.tokenized)
+
+    @property
+    def source(self) -> str:
+        """How locations name the data: the file, or what the API was given."""
+        if self.data is not None:
+            return str(self.data)
+        if self.records_given is not None:
+            return "records"
+        return "batches" if self.batches_given is not None else "dataset"
+
+    def user_data(self):
+        """The user's code ready to be asked for items (constructed once), or None."""
+        obj = self.user_dataset
+        if obj is None:
+            return None
+
+        def build():
+            from .masking.user_dataset import UserData, is_instance
+            spec = self.dataset_spec or getattr(obj, "__name__", type(obj).__name__)
+            path = self.data
+            if path is None and self.records_given is not None and not is_instance(obj):
+                path = self._records_file()
+            return UserData(obj, spec, self.tokenizer, path, self.max_length)
+        return self.memo("user_data", build)
+
+    def _records_file(self) -> Path:
+        """Live records written to a temporary JSON Lines file, for a class that reads a path."""
+        import json
+        import tempfile
+
+        def write() -> Path:
+            fh = tempfile.NamedTemporaryFile("w", suffix=".jsonl", prefix="loradoctor-",
+                                             delete=False, encoding="utf-8")
+            with fh:
+                for rec in self.records_given:
+                    fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            self.__dict__.setdefault("_temporary", []).append(fh.name)
+            return Path(fh.name)
+        return self.memo("records_file", write)
+
+    def cleanup(self) -> None:
+        """Remove the temporary files this run wrote (never anything of the user's)."""
+        import os
+        for name in self.__dict__.pop("_temporary", []):
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+
     def records(self):
-        """Stream the data file's records (a fresh iterator each call)."""
+        """The conversation records (a fresh iterator each call)."""
+        if self.records_given is not None:
+            return (load.normalise_record(obj, "records", i)
+                    for i, obj in enumerate(self.records_given, 1))
         return load.read_records(self.data)
+
+    def rows(self):
+        """The token rows (a fresh iterator each call), when there are no conversations."""
+        from .masking import rows
+        if self.batches_given is not None:
+            return rows.batch_rows(self.batches_given)
+        if self.data is not None:
+            return rows.file_rows(self.data)
+        user = self.user_data()
+        return rows.instance_rows(user.instance, user.name)
+
+    def count(self) -> int:
+        """How many records or rows there are (for a progress bar)."""
+        if self.records_given is not None:
+            return len(self.records_given)
+        if self.batches_given is not None:
+            return sum(1 for _ in self.rows())
+        if self.data is not None:
+            from .masking.scan import count_lines
+            return count_lines(self.data)
+        return len(self.user_data())
 
     def validate_inputs(self) -> None:
         """Fail fast (exit 2) on inputs that cannot be read at all, before any check runs."""
-        load.local_dir(self.tokenizer_dir, "tokenizer")
-        if not Path(self.data).is_file():
+        if self.tokenizer_given is None:
+            load.local_dir(self.tokenizer_dir, "tokenizer")
+        if self.data is not None and not Path(self.data).is_file():
             raise InputError(f"data {self.data}: no such file")
         tok = self.tokenizer
         if not getattr(tok, "chat_template", None):
-            raise InputError(f"tokenizer {self.tokenizer_dir}: has no chat template, so there is "
-                             f"no truth to check labels against (set tokenizer.chat_template)")
+            name = self.tokenizer_dir or type(tok).__name__
+            raise InputError(f"tokenizer {name}: has no chat template, so there is no truth to "
+                             f"check labels against (set tokenizer.chat_template)")
+        if not self.has_conversations and self.batches_given is None and self.data is None:
+            from .masking.user_dataset import is_instance
+            if not is_instance(self.user_dataset):
+                raise InputError("dataset: a dataset class or labelling function needs "
+                                 "conversations to label (data=...); a dataset instance, "
+                                 "batches or --tokenized rows can be checked alone")
         _ = self.user_dataset
 
 
 @dataclass
 class ModelContext(_Memo):
-    """What `check-model` was given: a model directory, the user's LoRA code or PEFT settings.
+    """What `check-model` was given: a model, the user's LoRA code or PEFT settings.
 
-    `base_model` is loaded in fp32 on `device`; `probe` is the probe batch (from data, from a
-    tokenizer beside the model, else random ids under a fixed seed); `base_logits` are taken
-    before the user's code touches the model; `adapted` is the model after `--apply`/`--peft`.
+    `model_dir` is a directory from the CLI; from the Python API `model_given` may be the live
+    `nn.Module` instead: a base model (then `apply_fn`/`peft_kwargs` run on a copy of it, the
+    user's object is never adapted by us) or a model the user already adapted (their own code
+    or PEFT), checked as it is. `base_model` is loaded in fp32 on `device`; `probe` is the probe
+    batch (from data, from a tokenizer beside the model, else random ids under a fixed seed);
+    `base_logits` are taken before the user's code touches the model (for an already adapted
+    model: with every adapter's B factor zeroed for the call); `adapted` is the model after
+    `--apply`/`--peft`.
     """
 
-    model_dir: Path
+    model_dir: Path | None = None
     apply_spec: str | None = None
     apply_kwargs: dict[str, Any] = field(default_factory=dict)
     peft_kwargs: dict[str, Any] | None = None
@@ -104,20 +215,40 @@ class ModelContext(_Memo):
     summary: dict[str, Any] = field(default_factory=dict)
     views: list = field(default_factory=list)
     fp16_headroom: float = 4.0  # LD302: warn when a fp32 peak is within this factor of 65504
+    model_given: Any = None  # a live nn.Module (Python API)
+    apply_given: Callable | None = None  # a live apply function (Python API)
+    tokenizer_given: Any = None
+    # Freeze every non-adapter parameter of the adapted model before the checks, as a training
+    # script that freezes the base after the apply function does; undone by `cleanup()`.
+    freeze_base: bool = False
+
+    @property
+    def model_name(self) -> str:
+        if self.model_given is not None:
+            return type(self.model_given).__name__
+        return str(self.model_dir)
+
+    @property
+    def live_adapted(self) -> bool:
+        """The user handed us a model their code already adapted: check it as it is."""
+        return self.model_given is not None and self.apply_fn is None and self.peft_kwargs is None
 
     def validate_inputs(self) -> None:
-        load.local_dir(self.model_dir, "model")
+        if self.model_given is None:
+            load.local_dir(self.model_dir, "model")
         if self.tokenizer_dir is not None:
             load.local_dir(self.tokenizer_dir, "tokenizer")
         if self.data is not None and not Path(self.data).is_file():
             raise InputError(f"data {self.data}: no such file")
-        if self.apply_spec and self.peft_kwargs is not None:
+        if (self.apply_spec or self.apply_given) and self.peft_kwargs is not None:
             raise InputError("--apply and --peft: give one of them, not both")
         _ = self.apply_fn
         _ = self.adapted  # applying the user's code is input handling: it raising is exit 2
 
     @property
     def apply_fn(self) -> Callable | None:
+        if self.apply_given is not None:
+            return self.apply_given
         if not self.apply_spec:
             return None
         return self.memo("apply_fn", lambda: load.load_spec(self.apply_spec))
@@ -126,19 +257,45 @@ class ModelContext(_Memo):
     def tokenizer(self):
         """The tokenizer for the probe batch: --tokenizer, else one beside the model, else None."""
         def find():
+            if self.tokenizer_given is not None:
+                return self.tokenizer_given
             if self.tokenizer_dir is not None:
                 return load.load_tokenizer(self.tokenizer_dir)
-            if load.has_tokenizer(self.model_dir):
+            if self.model_dir is not None and load.has_tokenizer(self.model_dir):
                 return load.load_tokenizer(self.model_dir)
             return None
         return self.memo("tokenizer", find)
 
     def fresh_base_model(self):
-        """A new copy of the base model from disk (for checks that need an untouched one)."""
+        """A new copy of the base model (for checks that need an untouched one)."""
+        if self.model_given is not None:
+            if self.live_adapted:
+                raise InputError("a fresh base model is not available for a model given "
+                                 "already adapted")
+            import copy
+            return copy.deepcopy(self.memo("pristine", lambda: copy.deepcopy(self.model_given)))
         return load.load_model(self.model_dir, "fp32", self.device)
+
+    def fresh_adapted(self):
+        """A second, independent copy of the adapted model with freshly initialised adapters.
+
+        Rebuilt by the user's own code (or PEFT) on a fresh base where we have it; for a model
+        given already adapted, a deep copy whose adapters are set back to a fresh start (A
+        random, B zero), which is only faithful when no forward is patched by a closure.
+        """
+        from .model.apply import apply_adapters, fresh_copy
+        if self.live_adapted:
+            return fresh_copy(self.adapted, self.seed)
+        return apply_adapters(self, self.fresh_base_model())
 
     @property
     def base_model(self):
+        if self.model_given is not None:
+            if self.live_adapted:
+                return self.model_given
+            # The user's code adapts what it is given in place: give it a copy, never theirs.
+            import copy
+            return self.memo("base_model", lambda: copy.deepcopy(self.model_given))
         return self.memo("base_model", self.fresh_base_model)
 
     @property
@@ -152,6 +309,9 @@ class ModelContext(_Memo):
         import torch
 
         def compute():
+            if self.live_adapted:
+                from .model.apply import logits_without_adapters
+                return logits_without_adapters(self.model_given, self.probe, self.seed)
             model = self.base_model
             with torch.no_grad():
                 out = model(input_ids=self.probe["input_ids"],
@@ -163,5 +323,18 @@ class ModelContext(_Memo):
     def adapted(self):
         """The model after the user's LoRA code (or PEFT) ran on it."""
         from .model.apply import apply_adapters
-        _ = self.base_logits  # must be taken before the adapters change the model
-        return self.memo("adapted", lambda: apply_adapters(self))
+        if self.live_adapted:
+            model = self.model_given
+        else:
+            _ = self.base_logits  # must be taken before the adapters change the model
+            model = self.memo("adapted", lambda: apply_adapters(self))
+        if self.freeze_base:
+            from .model.freeze import freeze_base
+            self.memo("frozen_base", lambda: freeze_base(model))
+        return model
+
+    def cleanup(self) -> None:
+        """Put back the requires_grad flags `freeze_base` switched off (a live model included)."""
+        frozen = self.__dict__.get("_memo", {}).pop("frozen_base", None)
+        if frozen is not None and frozen[0]:
+            frozen[1].restore()

@@ -130,6 +130,11 @@ class Report:
         return [f for f in self.findings if f.severity is Severity.ERROR]
 
     @property
+    def ok(self) -> bool:
+        """No error finding and no crashed check: the pipeline may train."""
+        return self.exit_code == 0
+
+    @property
     def exit_code(self) -> int:
         crashed = any(r.status is Status.CRASH for r in self.results)
         return 1 if crashed or self.errors else 0

@@ -60,6 +60,23 @@ def console(stderr: bool = False) -> Console:
     return con
 
 
+def concise(report: Report, limit: int = 10) -> str:
+    """The report in a few plain lines: one per error finding (with its fix), then the counts."""
+    errors = [f for f in report.findings if f.severity is Severity.ERROR]
+    c = report.counts()
+    head = (f"loradoctor found {c['errors']} error{'s' if c['errors'] != 1 else ''}"
+            f" in {len(report.results)} checks")
+    lines = [head + (":" if errors else "")]
+    for f in errors[:limit]:
+        where = f" {f.location}" if f.location else ""
+        lines.append(f"  {f.code} {f.name}{where}: {f.message}")
+        if f.fix:
+            lines.append(f"    fix: {f.fix}")
+    if len(errors) > limit:
+        lines.append(f"  ... and {len(errors) - limit} more errors")
+    return "\n".join(lines)
+
+
 def print_json(report: Report, version: str) -> None:
     sys.stdout.write(json.dumps(report.to_dict(version), ensure_ascii=False) + "\n")
     sys.stdout.flush()

@@ -140,6 +140,8 @@ def marker_from_missing_special_token(ctx) -> Outcome:
     """
     a = analysis(ctx)
     c = _needs_dataset(a)
+    if a.user is None:
+        raise SkipCheck("needs your dataset code or dataset object (token rows carry no markers)")
     tok = a.user.tokenizer
     missing = [attr for attr in ("bos_token", "eos_token", "pad_token", "unk_token")
                if getattr(tok, attr, "x") is None]
@@ -194,6 +196,8 @@ def prompt_tokens_supervised(ctx) -> Outcome:
     Supervised fine-tuning is meant to teach the replies. Training on the prompt spends the
     gradient on text the model will never be asked to write, teaches it to imitate users and
     role headers, and changes what the loss value means.
+    A warning, not an error: the replies are still trained, and training on the whole
+    conversation is a choice some recipes make on purpose (TRL without `assistant_only_loss`).
 
     ## Example
     ```python
@@ -249,7 +253,8 @@ def assistant_tokens_unsupervised(ctx) -> Outcome:
     ## Why is this bad?
     The model is silently trained on part of each reply: only the last turn of multi-turn
     conversations, or replies cut before the end. It learns less than the data holds, and a
-    reply whose tail is never supervised teaches the model to stop early or ramble.
+    reply whose tail is never supervised teaches the model to stop early or ramble. A warning:
+    what is supervised still trains; a sample with nothing supervised is LD101's error.
 
     ## Example
     ```python
@@ -304,7 +309,10 @@ def end_of_turn_unsupervised(ctx) -> Outcome:
 
     ## Why is this bad?
     The end-of-turn token is how the model learns to stop. A model fine-tuned without it keeps
-    generating past its answer (inventing the next user turn) until max_new_tokens.
+    generating past its answer (inventing the next user turn) until max_new_tokens: an error
+    when your labels leave it out. Without `--dataset` only the template is judged, and a
+    template that writes no end-of-turn token (or leaves a turn unclosed) is a warning: a stop
+    string or generation config can still end generation.
 
     ## Example
     ```python
@@ -408,7 +416,9 @@ def assistant_tokens_truncated(ctx) -> Outcome:
     A long system prompt or user turn pushes the reply past the cut: a sample with every
     assistant token cut has nothing left to supervise (NaN loss or a dropped sample), and one
     cut partway loses the reply's end and its end-of-turn token, so the model learns to stop
-    mid-sentence or never.
+    mid-sentence or never. Every assistant token cut is an error (a step over such a batch is
+    NaN, or the sample is silently gone); a reply cut partway is a warning, since most of it
+    still trains.
 
     ## Example
     ```python
@@ -452,6 +462,14 @@ def assistant_tokens_truncated(ctx) -> Outcome:
             f"({cut} tokens in all, with their end-of-turn token): {_lines(part)}",
             severity=Severity.WARNING, location=a.location(part.lines[0]),
             evidence=_evidence(part, max_length=limit, tokens_cut=cut), fix=fix))
+    if a.comparison is not None and a.comparison.cut_in_turn:
+        cut = a.comparison.cut_in_turn
+        findings.append(rule_.finding(
+            f"{_n(cut.count, 'sample')} end{'s' if cut.count == 1 else ''} inside an assistant "
+            f"turn (no end-of-turn token after its last reply): cut by truncation, the model "
+            f"never sees where that reply ends; {_lines(cut)}", severity=Severity.WARNING,
+            location=a.location(cut.lines[0]), evidence=_evidence(cut, max_length=limit),
+            fix=fix))
     n = a.comparison.samples if a.comparison is not None else a.stats.rendered
     return Outcome(findings, views=_views(a, "LD107"),
                    summary=f"{n - all_.count - part.count} of {n} samples keep every assistant "
@@ -489,7 +507,7 @@ def pad_equals_eos_masks_eos(ctx) -> Outcome:
     findings = []
     if a.comparison is not None:
         c = a.comparison
-        tok = a.user.tokenizer
+        tok = a.user.tokenizer if a.user is not None else ctx.tokenizer
         pad = getattr(tok, "pad_token", None)
         bad = c.eot_as_pad
         if bad:
@@ -529,7 +547,8 @@ def double_bos(ctx) -> Outcome:
     ## Why is this bad?
     The model never saw two BOS tokens in pretraining or at inference; every training sample
     starts out of distribution. Llama-3 and DeepSeek templates write `{{ bos_token }}` while
-    their tokenizers add BOS too.
+    their tokenizers add BOS too. A warning: the model learns around the extra token and the
+    run still trains, at some cost in quality.
 
     ## Example
     ```python
@@ -580,7 +599,9 @@ def input_ids_differ_from_template(ctx) -> Outcome:
     ## Why is this bad?
     The model is fine-tuned on a format it will not see at inference (where the tokenizer's
     chat template is used), and masking code written for one format silently fails on another
-    (ChatML markers on Llama-3 data leave every label at -100).
+    (ChatML markers on Llama-3 data leave every label at -100). A warning: your labels may
+    still be right for the format you chose; when they are not, LD101 or LD104 is the finding
+    that measures the loss of supervision.
 
     ## Example
     ```python
@@ -595,6 +616,8 @@ def input_ids_differ_from_template(ctx) -> Outcome:
     """
     a = analysis(ctx)
     c = _needs_dataset(a)
+    if not ctx.has_conversations:
+        return _rows_unexplained(a, c)
     rule_ = input_ids_differ_from_template
     findings = []
     bad = c.ids_differ
@@ -614,8 +637,28 @@ def input_ids_differ_from_template(ctx) -> Outcome:
             f"be off", evidence={"items": c.n_items, "records": c.n_records},
             fix="keep one item per record, in file order (filter records before writing the "
                 "file)"))
-    return Outcome(findings, summary=f"{readable - bad.count} of {readable} samples match the "
-                                     f"template's ids")
+    summary = f"{readable - bad.count} of {readable} samples match the template's ids"
+    if c.by_tokens:
+        summary += (f"; {c.by_tokens} that differ had their labels checked against their own "
+                    f"tokens' turns")
+    if c.unexplained:
+        summary += f"; {c.unexplained.count} could not be split into turns"
+    return Outcome(findings, summary=summary)
+
+
+def _rows_unexplained(a: Analysis, c) -> Outcome:
+    """LD110 for token rows: rows in which the template's structure finds no assistant turn."""
+    bad = c.unexplained
+    findings = []
+    if bad:
+        findings.append(input_ids_differ_from_template.finding(
+            f"{bad.count} of {_n(c.samples, 'row')} hold no turn the chat template's structure "
+            f"explains, so their labels cannot be checked ({c.first_differ}): {_lines(bad)}",
+            location=a.location(bad.lines[0]), evidence=_evidence(bad, samples=c.samples),
+            fix="tokenize tokenizer.apply_chat_template(messages, tokenize=False) with the "
+                "tokenizer the model trains with"))
+    return Outcome(findings, summary=f"{c.samples - bad.count} of {c.samples} rows split into "
+                                     f"turns by the template's structure")
 
 
 @rule("LD111", "marker-tokenizes-differently-in-context", command="dataset",
@@ -633,7 +676,8 @@ def marker_tokenizes_differently_in_context(ctx) -> Outcome:
     ## Why is this bad?
     BPE merges across the marker's edge: `assistant\\n` followed by `\\n` is one token `\\n\\n`,
     and gpt2 merges `:` of `### Assistant:` with the next word. The marker's ids then never
-    occur, and the turns it should find stay unsupervised without an error.
+    occur, and the turns it should find stay unsupervised without an error. A warning: it
+    names the cause; the supervision lost is measured, and is an error, in LD101 / LD104.
 
     ## Example
     ```python
@@ -647,6 +691,8 @@ def marker_tokenizes_differently_in_context(ctx) -> Outcome:
     # map the reply's character span (from the template) to tokens with the offsets
     ```
     """
+    if not ctx.has_conversations and ctx.user_dataset is None:
+        raise SkipCheck("token rows without dataset code: no marker to check")
     a = analysis(ctx)
     rule_ = marker_tokenizes_differently_in_context
     findings = []
@@ -712,6 +758,8 @@ def template_cannot_render_record(ctx) -> Outcome:
     {"messages": [{"role": "user", "content": "Be brief.\\n\\nHi"}, ...]}
     ```
     """
+    if not ctx.has_conversations:
+        raise SkipCheck("token rows: there are no conversations to render")
     a = analysis(ctx)
     s, f = a.stats, a.facts
     rule_ = template_cannot_render_record
@@ -756,7 +804,9 @@ def special_token_missing_for_template(ctx) -> Outcome:
     A template variable that is None renders as nothing: every sample silently lacks the BOS
     the model was trained with. An `eos_token` that is not the end-of-turn token makes
     generation run past the reply unless the generation config says otherwise, and a missing
-    pad token invites `pad_token = eos_token` (see LD108).
+    pad token invites `pad_token = eos_token` (see LD108). Warnings: each can be made right
+    downstream (a generation config, an explicit pad token); LD108 is the error when the pad
+    token really masks every end of turn.
 
     ## Example
     ```python
@@ -822,6 +872,8 @@ def template_rewrites_history(ctx) -> Outcome:
     # that keeps reasoning (TRL's qwen3_training.jinja)
     ```
     """
+    if not ctx.has_conversations:
+        return _rows_variant(analysis(ctx))
     a = analysis(ctx)
     s, f = a.stats, a.facts
     rule_ = template_rewrites_history
@@ -846,6 +898,25 @@ def template_rewrites_history(ctx) -> Outcome:
     else:
         summary = "the template renders every turn the same wherever it stands"
     return Outcome(findings, summary=summary)
+
+
+def _rows_variant(a: Analysis) -> Outcome:
+    """LD114 for token rows: which rendering of the template the rows follow."""
+    c = a.comparison
+    rows = c.variant_rows
+    if not c.variant_checked:
+        return Outcome(summary="no row was split into turns")
+    if not rows:
+        return Outcome(summary=f"{c.variant_checked} of {c.variant_checked} rows checked follow "
+                               f"the tokenizer's own chat template")
+    finding = template_rewrites_history.finding(
+        f"{rows.count} of {c.variant_checked} rows follow a variant of the tokenizer's chat "
+        f"template ({c.first_variant}); the variant is self-consistent, so labels were judged "
+        f"against the rows' own turns: {_lines(rows)}", location=a.location(rows.lines[0]),
+        evidence=_evidence(rows, checked=c.variant_checked, first=c.first_variant))
+    return Outcome([finding], summary=f"{c.variant_checked - rows.count} of "
+                                      f"{c.variant_checked} rows follow the tokenizer's own "
+                                      f"chat template, {rows.count} a variant of it")
 
 
 RULES = [

@@ -95,7 +95,7 @@ def adapter_round_trip_mismatch(ctx) -> Outcome:
     if ps.fresh_error:
         findings.append(adapter_round_trip_mismatch.finding(
             f"a fresh copy could not be built to load the adapters into: applying your code to "
-            f"the model loaded again from {ctx.model_dir} raised {ps.fresh_error}",
+            f"the model loaded again from {ctx.model_name} raised {ps.fresh_error}",
             severity=Severity.WARNING, evidence={"error": ps.fresh_error},
             fix="make the apply function work on any freshly loaded model (no global state)"))
         return Outcome(findings, summary="round trip not measured: no fresh copy")

@@ -70,6 +70,8 @@ def unreadable_record(ctx) -> Outcome:
     {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
     ```
     """
+    if not ctx.has_conversations:
+        return _token_rows(ctx)
     scan = scan_records(ctx)
     bad = scan["bad"]
     findings = [
@@ -92,6 +94,24 @@ def unreadable_record(ctx) -> Outcome:
     if scan["n_unparsed"]:
         summary += f"; {scan['n_unparsed']} lines are not valid JSON"
     return Outcome(findings, summary=summary)
+
+
+def _token_rows(ctx) -> Outcome:
+    """Token rows (--tokenized, batches, a dataset instance): each must hold ids and labels."""
+    from ..masking.analysis import analysis
+    c = analysis(ctx).comparison
+    fix = "give every row input_ids and labels (lists of token ids of the same length)"
+    findings = [unreadable_record.finding(problem, location=location, evidence={"line": line},
+                                          fix=fix)
+                for line, location, problem in c.row_problems[:MAX_LISTED]]
+    n_rest = c.bad_rows.count - len(findings)
+    if n_rest > 0:
+        findings.append(unreadable_record.finding(
+            f"{n_rest} more rows do not hold input_ids and labels",
+            location=c.row_problems[len(findings)][1] if len(c.row_problems) > len(findings)
+            else None, evidence={"lines": c.bad_rows.lines}, fix=fix))
+    total = c.samples + c.bad_rows.count
+    return Outcome(findings, summary=f"{c.samples} of {total} rows hold input_ids and labels")
 
 
 def _fix(rec) -> str:

@@ -9,13 +9,13 @@ that changes the tokenizer (sets `pad_token`, adds tokens) changes only its own 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..render import progress
-from .compare import Comparison, compare_dataset
+from .compare import Comparison, compare_dataset, compare_rows
 from .markers import Marker, SourceHit, instance_markers, none_builders
 from .oracle import Oracle
-from .scan import DataStats, count_lines, scan
+from .scan import DataStats, scan
+from .structure import StructureOracle
 from .template import TemplateFacts
 from .user_dataset import UserData
 
@@ -38,27 +38,39 @@ def oracle(ctx) -> Oracle:
     return ctx.memo("masking.oracle", lambda: Oracle(ctx.tokenizer))
 
 
+def structure(ctx) -> StructureOracle:
+    return ctx.memo("masking.structure", lambda: StructureOracle(oracle(ctx)))
+
+
 def analysis(ctx) -> Analysis:
     def compute() -> Analysis:
         orc = oracle(ctx)
-        source = str(Path(ctx.data))
-        if not ctx.dataset_spec:
-            with progress(ctx, "rendering and tokenizing",
-                          lambda: count_lines(ctx.data)) as advance:
+        source = ctx.source
+        show = getattr(ctx, "show", 3)
+        user = ctx.user_data()
+        if not ctx.has_conversations:
+            # Token rows alone (--tokenized, a trainer's batches, a dataset instance): the truth
+            # comes from each row's own tokens.
+            markers = instance_markers(user.instance, orc.tokenizer) if user else []
+            with progress(ctx, "splitting token rows into turns", ctx.count) as advance:
+                comparison = compare_rows(ctx.rows(), structure(ctx), show, advance, user,
+                                          markers)
+            hits = none_builders(user.obj, user.instance, user.tokenizer) if user else []
+            result = Analysis(orc.facts, DataStats(), comparison, user, markers, hits, source)
+        elif user is None:
+            with progress(ctx, "rendering and tokenizing", ctx.count) as advance:
                 stats = scan(orc, ctx.records(), ctx.max_length, ctx.workers, advance,
-                             str(ctx.tokenizer_dir))
+                             ctx.tokenizer_path)
             result = Analysis(orc.facts, stats, source=source)
         else:
-            user = UserData(ctx.user_dataset, ctx.dataset_spec, ctx.tokenizer, ctx.data,
-                            ctx.max_length)
             markers = instance_markers(user.instance, orc.tokenizer)
             stats = DataStats()
 
             def total() -> int:
-                return len(user) if user.kind == "class" else count_lines(ctx.data)
+                return len(user) if user.kind == "class" else ctx.count()
             with progress(ctx, f"comparing {user.name} with the chat template", total) as advance:
-                comparison = compare_dataset(user, ctx.records(), orc, stats, markers,
-                                             getattr(ctx, "show", 3), advance)
+                comparison = compare_dataset(user, ctx.records(), orc, stats, markers, show,
+                                             advance, structure(ctx))
             hits = none_builders(user.obj, user.instance, user.tokenizer)
             result = Analysis(orc.facts, stats, comparison, user, markers, hits, source)
         ctx.summary.update(summary(result))
@@ -72,7 +84,8 @@ def summary(a: Analysis) -> dict:
     if c is not None:
         out["masking"].update({
             "dataset": a.user.spec if a.user else None, "samples": c.samples,
-            "samples_compared": c.compared, "samples_without_labels": c.no_supervised.count,
+            "samples_compared": c.compared, "samples_by_own_tokens": c.by_tokens,
+            "samples_without_labels": c.no_supervised.count,
             "assistant_tokens_unsupervised": c.missing_tokens,
             "end_of_turn_unsupervised": c.eot_missing,
         })

@@ -15,14 +15,18 @@ from bisect import bisect_left, bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..errors import InputError
 from ..findings import TokenView
 from .markers import Marker
 from .oracle import OracleSample, Truth
+from .structure import StructureOracle
 from .scan import DataStats, Lines
 from .template import TemplateFacts
 from .user_dataset import IGNORE_INDEX, Item, UserData
 
 VIEW_BEFORE, VIEW_TOKENS = 24, 96  # token view window around the first disagreement
+MAX_VARIANT_ROWS = 200  # token rows rendered again to say which template variant they follow
+MAX_ROW_PROBLEMS = 1000  # unreadable rows kept with their reason; every one is counted
 
 
 @dataclass
@@ -51,6 +55,7 @@ class SampleDiff:
     straddle_missing: int = 0  # missing turns whose header merges with the reply's first token
     marker_miss: dict[str, tuple[int, int]] = field(default_factory=dict)  # marker -> counts
     focus: int | None = None  # user position of the first disagreement
+    cut_in_turn: bool = False  # judged by its own tokens, the row ends inside an assistant turn
 
 
 @dataclass
@@ -59,6 +64,15 @@ class Comparison:
 
     samples: int = 0
     compared: int = 0  # aligned with the template's ids, masks compared
+    by_tokens: int = 0  # of those, judged against their own tokens' structure (structure.py)
+    unexplained: Lines = field(default_factory=Lines)  # rows no template structure explains
+    cut_in_turn: Lines = field(default_factory=Lines)  # rows that end inside an assistant turn
+    bad_rows: Lines = field(default_factory=Lines)  # token rows without input_ids and labels
+    variant_checked: int = 0  # rows rendered again with the tokenizer's own template
+    variant_rows: Lines = field(default_factory=Lines)  # rows that follow a variant of it
+    first_variant: str | None = None
+    row_problems: list[tuple[int, str, str]] = field(default_factory=list)
+    locations: dict[int, str] = field(default_factory=dict)  # line -> where, for rows kept
     compared_supervising: int = 0  # of those, the samples that supervise at least one token
     no_supervised: Lines = field(default_factory=Lines)
     prompt_supervised: Lines = field(default_factory=Lines)
@@ -122,27 +136,33 @@ def effective_labels(item: Item) -> tuple[list[int], list[bool], bool] | None:
 class Comparer:
     """Compares one sample at a time and aggregates; views go to the first `show` failures."""
 
-    def __init__(self, facts: TemplateFacts, user: UserData, markers: list[Marker],
-                 tokenizer, show: int):
+    def __init__(self, facts: TemplateFacts, user: UserData | None, markers: list[Marker],
+                 tokenizer, show: int, structure: StructureOracle | None = None):
         self.facts = facts
         self.user = user
+        # Judges samples against their own tokens when there is no record (pre-tokenized rows,
+        # a trainer's batches) or when their ids differ from the record's rendering (data
+        # augmentation): every sample's labels are checked either way.
+        self.structure = structure
         self.markers = [m for m in markers if m.ids]
         self.tokenizer = tokenizer
         self.show = show
-        self.pad_id = getattr(user.tokenizer, "pad_token_id", None)
-        self.bos_id = getattr(user.tokenizer, "bos_token_id", None)
-        self.result = Comparison(user_max_length=user.max_length)
+        user_tokenizer = user.tokenizer if user is not None else tokenizer
+        self.pad_id = getattr(user_tokenizer, "pad_token_id", None)
+        self.bos_id = getattr(user_tokenizer, "bos_token_id", None)
+        self.result = Comparison(user_max_length=user.max_length if user is not None else None)
         self._shown: set[int] = set()  # lines already shown in a view: each sample once
         for m in self.markers:
             self.result.marker_counts[m.attribute] = [0, 0]
 
     # --- one sample ----------------------------------------------------------------------
 
-    def add(self, line: int, location: str, item: Item, sample: OracleSample | Truth) -> None:
+    def add(self, line: int, location: str, item: Item,
+            sample: OracleSample | Truth | None = None) -> None:
+        """Compare one sample: with `sample` (the record's rendering) or, without, its own tokens."""
         res = self.result
         res.samples += 1
-        diff = SampleDiff(line, location, n_user=len(item.ids),
-                          n_supervised=sum(1 for y in item.labels if y != IGNORE_INDEX))
+        diff = self._new_diff(line, location, item)
         if diff.n_supervised == 0:
             res.no_supervised.add(line)
         label_mask = [y != IGNORE_INDEX for y in item.labels][:len(item.ids)]
@@ -161,10 +181,61 @@ class Comparer:
             if diff.n_supervised == 0:
                 self._view("LD101", diff)
             return
-        ids, mask, diff.shifted = eff
+        ids, mask, shifted = eff
+        diff.shifted = shifted
         self._current = (ids, mask, None)
-        self._compare(diff, ids, mask, item.attention, sample)
-        self._aggregate(diff, sample)
+        if sample is not None:
+            self._compare(diff, ids, mask, item.attention, sample)
+            if diff.aligned or self.structure is None:
+                self._aggregate(diff, sample)
+                return
+            # The ids are not the record's rendering (augmented, tokenized another way): say so
+            # (LD110), then judge the labels against the structure of the sample's own tokens.
+            self._record_differ(diff)
+            diff = self._new_diff(line, location, item)
+            diff.shifted = shifted
+        own = self.structure.sample(self._content(ids, item.attention))
+        if isinstance(own, Truth):
+            res.unexplained.add(line)
+            if res.first_differ is None:
+                res.first_differ = f"{location}: {own.error}"
+            if diff.n_supervised == 0:
+                self._view("LD101", diff)
+            return
+        res.by_tokens += 1
+        if sample is None and res.variant_checked < MAX_VARIANT_ROWS:
+            res.variant_checked += 1
+            variant = self.structure.variant(own)
+            if not variant.same:
+                res.variant_rows.add(line)
+                res.first_variant = res.first_variant or f"{location}: {variant.where}"
+        self._compare(diff, ids, mask, item.attention, own)
+        bos = self.bos_id
+        diff.double_bos = diff.double_bos or (bos is not None and own.ids[:2] == [bos, bos])
+        turns = own.truth.turns
+        diff.cut_in_turn = bool(turns) and turns[-1].eot_start is None \
+            and self.facts.end_of_turn is not None
+        self._aggregate(diff, own)
+
+    def _new_diff(self, line: int, location: str, item: Item) -> SampleDiff:
+        return SampleDiff(line, location, n_user=len(item.ids),
+                          n_supervised=sum(1 for y in item.labels if y != IGNORE_INDEX))
+
+    def _content(self, ids: list[int], attention: list[int] | None) -> list[int]:
+        """The sample's tokens without padding (by the attention mask, else by the pad id)."""
+        if attention is not None and 0 in attention:
+            return [t for k, t in enumerate(ids) if k >= len(attention) or attention[k]]
+        pad = self.pad_id
+        if pad is None:
+            return list(ids)
+        lo, hi = 0, len(ids)
+        while lo < hi and ids[lo] == pad:
+            lo += 1
+        while hi > lo and ids[hi - 1] == pad:
+            hi -= 1
+        if hi < len(ids) and pad == self.facts.end_of_turn_id:
+            hi += 1  # pad == end-of-turn: the first of the run closes the last turn
+        return list(ids[lo:hi])
 
     def _compare(self, diff: SampleDiff, ids: list[int], mask: list[bool],
                  attention: list[int] | None, sample: OracleSample) -> None:
@@ -343,6 +414,9 @@ class Comparer:
                     self._view("LD105", diff)
         if diff.shifted:
             self._view("LD106", diff)
+        if diff.cut_in_turn:
+            res.cut_in_turn.add(line)
+            self._view("LD107", diff)
         if diff.cut:
             res.cut_tokens += diff.cut
             if diff.cut >= diff.assistant_total:
@@ -449,9 +523,10 @@ def _marker_counts(marker: Marker, sample: OracleSample) -> tuple[int, int]:
 
 
 def compare_dataset(user: UserData, records, oracle, stats: DataStats, markers: list[Marker],
-                    show: int, advance=lambda n=1: None) -> Comparison:
+                    show: int, advance=lambda n=1: None,
+                    structure: StructureOracle | None = None) -> Comparison:
     """Ask the user's code for every sample and compare it with the oracle (streamed)."""
-    comparer = Comparer(oracle.facts, user, markers, oracle.tokenizer, show)
+    comparer = Comparer(oracle.facts, user, markers, oracle.tokenizer, show, structure)
     res = comparer.result
     n_items = len(user) if user.kind == "class" else None
     res.n_items = n_items
@@ -467,4 +542,25 @@ def compare_dataset(user: UserData, records, oracle, stats: DataStats, markers: 
         comparer.add(rec.line, rec.location, item, sample)
         index += 1
         advance(1)
+    return res
+
+
+def compare_rows(rows, structure: StructureOracle, show: int, advance=lambda n=1: None,
+                 user: UserData | None = None, markers: list[Marker] = ()) -> Comparison:
+    """Compare token rows (`rows.Row`, streamed) with their own structure."""
+    oracle = structure.oracle
+    comparer = Comparer(oracle.facts, user, list(markers), oracle.tokenizer, show, structure)
+    res = comparer.result
+    for row in rows:
+        res.n_records += 1
+        if row.item is None:
+            res.bad_rows.add(row.line)
+            if len(res.row_problems) < MAX_ROW_PROBLEMS:
+                res.row_problems.append((row.line, row.location, row.problem))
+        else:
+            comparer.add(row.line, row.location, row.item)
+        advance(1)
+    if res.bad_rows and not res.samples:
+        line, location, problem = res.row_problems[0]
+        raise InputError(f"{location}: {problem} (and no row holds input_ids and labels)")
     return res

@@ -47,7 +47,13 @@ class UserData:
         # tokens before this constructor ran.
         self.tokenizer = tokenizer
         self.instance = None
-        if inspect.isclass(obj):
+        if is_instance(obj):
+            # A dataset object the user built already (the Python API): read as it is.
+            self.kind = "class"
+            self.instance = obj
+            self.obj = type(obj)
+            self.name = type(obj).__name__
+        elif inspect.isclass(obj):
             self.kind = "class"
             self.instance = self._construct(obj, data, max_length)
             if not hasattr(self.instance, "__getitem__"):
@@ -123,6 +129,11 @@ class UserData:
         except Exception as exc:  # noqa: BLE001 - the user's code raised on this record
             raise InputError(f"{where} raised {_where(exc)}") from exc
         return to_item(raw, where)
+
+
+def is_instance(obj: Any) -> bool:
+    """A dataset object (items by index), as opposed to a class or a labelling function."""
+    return not inspect.isclass(obj) and hasattr(obj, "__getitem__") and hasattr(obj, "__len__")
 
 
 def to_item(raw: Any, where: str) -> Item:

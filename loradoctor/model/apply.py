@@ -62,3 +62,52 @@ def _apply_peft(model, peft_kwargs):
         return get_peft_model(model, config)
     except Exception as exc:  # noqa: BLE001
         raise InputError(f"--peft {peft_kwargs}: {type(exc).__name__}: {exc}") from exc
+
+
+def fresh_copy(model, seed: int = 0):
+    """A deep copy of an adapted model with every adapter back at a fresh start (A random, B 0).
+
+    Stands in for "apply the user's code again on a fresh base" when the user handed us a model
+    already adapted and no apply function. A forward patched by a closure keeps calling the
+    original's modules from the copy, so such a model cannot be copied faithfully: skip.
+    """
+    import copy
+    import math
+
+    import torch
+
+    from ..rules import SkipCheck
+    from .adapters import discover, forward_refs
+
+    patched = [n for n, m in model.named_modules() if "forward" in m.__dict__
+               and forward_refs(m) is not None]
+    if patched:
+        raise SkipCheck(f"the model was given already adapted and {patched[0]} has a patched "
+                        f"forward, so a copy would still call the original's weights; pass the "
+                        f"base model and apply=your apply function to check save/load")
+    fresh = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed + 11)
+    with torch.no_grad():
+        for a in discover(fresh).adapters:
+            A = torch.randn(a.rank, a.in_features, generator=gen) / math.sqrt(a.in_features)
+            a.set_factors(A.to(a.A.device, a.A.dtype),
+                          torch.zeros(a.out_features, a.rank).to(a.B.device, a.B.dtype))
+    return fresh
+
+
+def logits_without_adapters(model, probe, seed: int = 0):
+    """The model's logits on the probe batch with every adapter's B zeroed for the call."""
+    import torch
+
+    from .adapters import discover
+    from .safety import preserved
+
+    adapters = discover(model).adapters
+    factors = [a.B for a in adapters]
+    with preserved(model, factors, seed=seed), torch.no_grad():
+        model.eval()
+        for a in adapters:
+            a.B.zero_()
+        out = model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"])
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        return logits.detach().clone()  # (B, T, V)

@@ -596,10 +596,11 @@ def _persistence(ctx) -> Persistence:
         # A fresh copy: the base model from disk, adapted again by the user's own code.
         try:
             with rng_preserved(ctx.seed), user_code():
-                from .apply import apply_adapters
-                fresh = apply_adapters(ctx, ctx.fresh_base_model())
+                fresh = ctx.fresh_adapted()
             found = discover(fresh).adapters
             fresh_adapters = dict(zip(_keys(found), found))
+        except SkipCheck:
+            raise
         except Exception as exc:  # noqa: BLE001
             res.fresh_error = one_line(exc)
             return res

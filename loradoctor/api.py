@@ -1,0 +1,377 @@
+"""The Python API, and the one place where a run's inputs become contexts and rules.
+
+`check(...)` returns a `Report`; `gate(...)` prints it on stderr and raises `UnhealthyPipeline`
+when it holds an error. Every argument takes what the CLI takes (a path, a SPEC string) or the
+live object (an `nn.Module`, a tokenizer, records, a dataset class, function or instance,
+collated batches). The CLI, the Trainer callback and the pytest plugin all call `prepare()`,
+so they run the same rules on the same contexts.
+
+What a run is given is left as found: the model's parameters, buffers, grads, `requires_grad`
+flags and modes (each check restores what it touches, `model.safety`), the global RNG states
+(torch, CUDA, Python, NumPy: forked around the whole run), a live tokenizer's settings
+(padding and truncation sides and settings, special tokens, chat template) and the data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from .errors import InputError, UnhealthyPipeline
+from .findings import Report
+
+COMMANDS = ("check-dataset", "check-model", "check-adapter")
+_FAMILY = {"check-dataset": "dataset", "check-model": "model", "check-adapter": "adapter"}
+
+
+@dataclass
+class Part:
+    """One command's share of a run: its context and the rules that read it."""
+
+    command: str
+    ctx: Any
+    rules: list
+
+
+@dataclass
+class Run:
+    """Inputs checked and loaded, rules chosen: `execute()` measures and returns the Report."""
+
+    parts: list[Part]
+    title: str
+    _keep: list[Callable[[], Any]] = field(default_factory=list)  # restorers, run after
+
+    @property
+    def rules(self) -> list:
+        return [r for p in self.parts for r in p.rules]
+
+    @property
+    def command(self) -> str:
+        return self.parts[0].command if len(self.parts) == 1 else "check"
+
+    def set_progress_console(self, console) -> None:
+        for p in self.parts:
+            p.ctx.progress_console = console
+
+    def execute(self, on_progress: Callable | None = None) -> Report:
+        from . import engine
+        from .model.safety import rng_preserved
+
+        report = Report(self.command)
+        try:
+            with rng_preserved():
+                for p in self.parts:
+                    part = engine.run(p.command, p.rules, p.ctx, on_progress)
+                    report.results.extend(part.results)
+                    report.summary.update(part.summary)
+                    report.views.extend(part.views)
+        finally:
+            self.close()
+        return report
+
+    def close(self) -> None:
+        """Put back what the run borrowed (tokenizer settings) and remove temporary files."""
+        while self._keep:
+            self._keep.pop()()
+        for p in self.parts:
+            cleanup = getattr(p.ctx, "cleanup", None)
+            if callable(cleanup):
+                cleanup()
+
+
+def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, dataset: Any = None,
+            batches: Iterable | None = None, tokenized: bool = False, apply: Any = None,
+            apply_args: dict | None = None, peft: Any = None, adapter: Any = None,
+            max_length: int | None = None, dtypes: Sequence[str] | str | None = None,
+            device: str | None = None, train_steps: int = 0, freeze_base: bool = False,
+            select: Sequence[str] | str | None = None, ignore: Sequence[str] | str | None = None,
+            fuzz: int = 0, seed: int = 0, show: int = 3, workers: int = 1,
+            fp16_headroom: float = 4.0, command: str | None = None) -> Run:
+    """Check and load the inputs (raising `InputError` for what cannot be read) and choose rules.
+
+    `command` is one of `check-dataset`, `check-model`, `check-adapter` (the CLI's); without
+    it, every command whose inputs are given runs: data checks when there is data, a dataset
+    or batches; model checks when there is a model; adapter checks when there is an adapter.
+    """
+    from . import registry
+
+    if command is not None and command not in COMMANDS:
+        raise InputError(f"command {command!r}: expected one of {', '.join(COMMANDS)}")
+    has_data = data is not None or dataset is not None or batches is not None
+    commands = [command] if command else [
+        c for c, wanted in (("check-dataset", has_data), ("check-model", model is not None
+                                                          and adapter is None),
+                            ("check-adapter", adapter is not None)) if wanted]
+    if not commands:
+        raise InputError("nothing to check: give data, dataset or batches (with a tokenizer), "
+                         "a model, or an adapter")
+    chosen_select, chosen_ignore = _codes(select), _codes(ignore)
+    keep: list[Callable[[], Any]] = []
+    parts: list[Part] = []
+    titles: list[str] = []
+    try:
+        for cmd in commands:
+            if cmd == "check-dataset":
+                ctx, title = _dataset_context(tokenizer, data, dataset, batches, tokenized,
+                                              max_length, show, workers, fuzz, seed, keep,
+                                              model)
+            elif cmd == "check-model":
+                # Data for the probe batch must be a file; live records feed the data checks.
+                ctx, title = _model_context(model, tokenizer, _path_or_none(data), apply,
+                                            apply_args, peft, dtypes, device, train_steps,
+                                            freeze_base, fp16_headroom, keep)
+            else:
+                ctx, title = _adapter_context(adapter, model, apply, device)
+            rules = registry.select(registry.rules_for(_FAMILY[cmd]), chosen_select,
+                                    chosen_ignore)
+            ctx.validate_inputs()
+            parts.append(Part(cmd, ctx, rules))
+            titles.append(title)
+    except BaseException:
+        for restore in reversed(keep):
+            restore()
+        raise
+    return Run(parts, " + ".join(titles), keep)
+
+
+def check(**kwargs: Any) -> Report:
+    """Run loradoctor on a pipeline; see `prepare()` for the arguments. Returns the Report."""
+    return prepare(**kwargs).execute()
+
+
+def gate(*, quiet: bool = False, verbose: bool = False, **kwargs: Any) -> Report:
+    """`check()`, the doctor view on stderr, and `UnhealthyPipeline` when an error is found.
+
+    One line at the top of a training script stops it before its first step when the pipeline
+    would waste the run: `loradoctor.gate(model=model, tokenizer=tokenizer, dataset=train_ds)`.
+    """
+    from .render import concise, console, print_report
+
+    run = prepare(**kwargs)
+    report = run.execute()
+    if not quiet:
+        print_report(report, title=f"loradoctor gate · {run.title}", verbose=verbose,
+                     out=console(stderr=True))
+    if not report.ok:
+        raise UnhealthyPipeline(report, concise(report))
+    return report
+
+
+# --- building contexts ----------------------------------------------------------------------
+
+
+def _codes(value: Sequence[str] | str | None) -> list[str]:
+    from .registry import parse_codes
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return parse_codes(value)
+    return parse_codes(",".join(value))
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, (str, Path))
+
+
+def _path_or_none(value: Any) -> Path | None:
+    return Path(value) if _is_path(value) else None
+
+
+def _name(value: Any) -> str:
+    if _is_path(value):
+        return str(value)
+    return getattr(value, "name_or_path", None) or type(value).__name__
+
+
+def _dataset_context(tokenizer, data, dataset, batches, tokenized, max_length, show, workers,
+                     fuzz, seed, keep, model):
+    from .context import DatasetContext
+
+    if max_length is not None and max_length < 1:
+        raise InputError(f"--max-length {max_length}: must be a positive number")
+    if tokenizer is None and _is_path(model) and Path(model).is_dir():
+        from .load import has_tokenizer
+        if has_tokenizer(model):
+            tokenizer = model  # the tokenizer saved beside the model
+    if tokenizer is None:
+        raise InputError("tokenizer: checking data needs the tokenizer the model trains with "
+                         "(a directory or the tokenizer object)")
+    ctx = DatasetContext(max_length=max_length, show=show, workers=max(1, workers),
+                         tokenized=bool(tokenized))
+    if _is_path(tokenizer):
+        ctx.tokenizer_dir = Path(tokenizer)
+    else:
+        ctx.tokenizer_given = tokenizer
+        keep.append(tokenizer_restorer(tokenizer))
+    if data is not None:
+        if _is_path(data):
+            ctx.data = Path(data)
+        else:
+            ctx.records_given = _records(data)
+    if isinstance(dataset, str):
+        ctx.dataset_spec = dataset
+    elif dataset is not None:
+        ctx.dataset_given = dataset
+    if batches is not None:
+        ctx.batches_given = list(batches)  # read once: a dataloader may shuffle or be a stream
+    if tokenized and ctx.data is None:
+        raise InputError("tokenized: needs a data file of token rows")
+    if tokenized and (ctx.dataset_spec or ctx.dataset_given is not None):
+        raise InputError("--tokenized rows already hold labels: give --dataset or --tokenized, "
+                         "not both")
+    if fuzz:
+        for name, value in (("fuzz", fuzz), ("seed", seed)):
+            if hasattr(ctx, name):
+                setattr(ctx, name, value)
+    what = _name(data) if data is not None else (
+        f"{len(ctx.batches_given)} batches" if batches is not None else _name(dataset))
+    title = f"check-dataset · {what}{' (token rows)' if tokenized else ''} · tokenizer " \
+            f"{_name(tokenizer)}"
+    return ctx, title
+
+
+def _records(data: Any) -> list:
+    """Live conversation records: a list, any iterable, or a Hugging Face dataset of rows."""
+    if isinstance(data, dict):
+        return [data]
+    try:
+        return [dict(r) if not isinstance(r, dict) else r for r in data]
+    except TypeError:
+        raise InputError(f"data: {type(data).__name__} is neither a path nor an iterable of "
+                         f"records") from None
+
+
+def _model_context(model, tokenizer, data, apply, apply_args, peft, dtypes, device,
+                   train_steps, freeze_base, fp16_headroom, keep):
+    from .context import ModelContext
+    from .load import resolve_device, torch_dtype
+
+    if model is None:
+        raise InputError("model: check-model needs a model directory or an nn.Module")
+    names = tuple(d.strip() for d in dtypes.split(",")) if isinstance(dtypes, str) \
+        else tuple(dtypes) if dtypes else None
+    for d in names or ():
+        torch_dtype(d)
+    if fp16_headroom <= 1:
+        raise InputError(f"--fp16-headroom {fp16_headroom:g}: must be above 1")
+    peft_kwargs = _peft_kwargs(peft)
+    ctx = ModelContext(apply_kwargs=dict(apply_args or {}), peft_kwargs=peft_kwargs,
+                       dtypes=names, train_steps=max(0, int(train_steps or 0)))
+    ctx.fp16_headroom = fp16_headroom
+    if hasattr(ctx, "freeze_base"):
+        ctx.freeze_base = bool(freeze_base)
+    if _is_path(model):
+        ctx.model_dir = Path(model)
+        ctx.device = resolve_device(device or "auto")
+    else:
+        ctx.model_given = model
+        ctx.device = device or _device_of(model)
+    if isinstance(apply, str):
+        ctx.apply_spec = apply
+    elif apply is not None:
+        ctx.apply_given = apply
+    if _is_path(tokenizer):
+        ctx.tokenizer_dir = Path(tokenizer)
+    elif tokenizer is not None:
+        ctx.tokenizer_given = tokenizer
+        keep.append(tokenizer_restorer(tokenizer))
+    if data is not None:
+        ctx.data = Path(data)
+    what = apply if isinstance(apply, str) else (
+        getattr(apply, "__name__", "apply") if apply is not None else
+        f"peft {peft}" if peft is not None else
+        "as given" if ctx.model_given is not None else "no adapter code")
+    return ctx, f"check-model · {_name(model)} · {what}"
+
+
+def _adapter_context(adapter, model, apply, device):
+    try:
+        from .context import AdapterContext
+    except ImportError:
+        raise InputError("check-adapter is not available in this version") from None
+    from .load import resolve_device
+    if model is None:
+        raise InputError("model: check-adapter needs the base model the adapter was trained on")
+    ctx = AdapterContext(Path(adapter), Path(model), apply_spec=apply,
+                         device=resolve_device(device or "auto"))
+    return ctx, f"check-adapter · {adapter} · base {model}"
+
+
+def _peft_kwargs(peft: Any) -> dict | None:
+    if peft is None:
+        return None
+    if isinstance(peft, str):
+        from .cli import parse_peft
+        return parse_peft(peft)
+    if isinstance(peft, dict):
+        return dict(peft)
+    to_dict = getattr(peft, "to_dict", None)  # a peft.LoraConfig
+    if callable(to_dict):
+        keys = ("r", "lora_alpha", "target_modules", "lora_dropout", "bias", "use_rslora",
+                "modules_to_save", "layers_to_transform", "init_lora_weights", "use_dora")
+        d = to_dict()
+        out = {k: d[k] for k in keys if k in d and d[k] is not None}
+        if isinstance(out.get("target_modules"), set):
+            out["target_modules"] = sorted(out["target_modules"])
+        return out
+    raise InputError(f"peft: expected a LoraConfig, a dict or 'r=8,lora_alpha=16,...', got "
+                     f"{type(peft).__name__}")
+
+
+def _device_of(model) -> str:
+    for p in model.parameters():
+        return str(p.device)
+    return "cpu"
+
+
+# --- leaving a live tokenizer as found ------------------------------------------------------
+
+_TOKENIZER_ATTRS = ("padding_side", "truncation_side", "model_max_length", "chat_template",
+                    "add_bos_token", "add_eos_token", "split_special_tokens")
+
+
+def tokenizer_restorer(tok) -> Callable[[], None]:
+    """A function that puts the tokenizer's settings back as they are now.
+
+    The user's dataset code runs with their own tokenizer and may change it (set `pad_token`,
+    `padding_side`); the Rust backend's truncation and padding are global state too.
+    """
+    import copy
+
+    saved = {a: copy.copy(getattr(tok, a)) for a in _TOKENIZER_ATTRS if hasattr(tok, a)}
+    special = {k: getattr(tok, k, None) for k in ("bos_token", "eos_token", "pad_token",
+                                                  "unk_token", "sep_token", "cls_token",
+                                                  "mask_token")}
+    extra = list(getattr(tok, "additional_special_tokens", []) or [])
+    backend = getattr(tok, "backend_tokenizer", None)
+    trunc = copy.deepcopy(backend.truncation) if backend is not None else None
+    pad = copy.deepcopy(backend.padding) if backend is not None else None
+
+    def restore() -> None:
+        for a, v in saved.items():
+            with contextlib.suppress(Exception):
+                if getattr(tok, a) != v:
+                    setattr(tok, a, v)
+        for k, v in special.items():
+            with contextlib.suppress(Exception):
+                if getattr(tok, k, None) != v:
+                    setattr(tok, k, v)
+        with contextlib.suppress(Exception):
+            if list(getattr(tok, "additional_special_tokens", []) or []) != extra:
+                tok.additional_special_tokens = extra
+        if backend is not None:
+            with contextlib.suppress(Exception):
+                if backend.truncation != trunc:
+                    if trunc is None:
+                        backend.no_truncation()
+                    else:
+                        backend.enable_truncation(**trunc)
+            with contextlib.suppress(Exception):
+                if backend.padding != pad:
+                    if pad is None:
+                        backend.no_padding()
+                    else:
+                        backend.enable_padding(**pad)
+    return restore
