@@ -91,6 +91,15 @@ def test_gradient_flow_reaches_every_b_and_no_base_parameter(cli, tiny_llama_dir
     assert "A gets its gradient after the first update; no base parameter got one" in summary
 
 
+def test_a_frozen_a_with_a_training_b_is_a_warning_not_an_error(cli, tiny_llama_dir):
+    code, data = check(cli, tiny_llama_dir, f"{LORA / 'ld404.py'}:good_frozen_a", select="LD404")
+    assert code == 0  # B still trains against a fixed A (LoRA-FA): weaker, not wasted
+    (finding,) = found(data, "LD404")
+    assert finding["severity"] == "warning"
+    assert finding["message"].startswith("A has requires_grad=False in 14 of 14 adapters")
+    assert "only B learns" in finding["message"]
+
+
 def test_an_unfrozen_base_gets_gradient_and_is_warned(cli, tiny_llama_dir):
     code, data = check(cli, tiny_llama_dir, f"{LORA / 'ld210.py'}:bad_unfrozen", select="LD404")
     assert code == 0

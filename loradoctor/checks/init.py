@@ -46,7 +46,8 @@ def not_identity_start(ctx) -> Outcome:
     LoRA starts from the pretrained model: with `B = 0` the update `B @ A` is exactly zero and
     training moves away from the base only as far as the data asks. A start that is not an
     identity has damaged the model before the first step; the first part of training is
-    spent repairing it, and small datasets never do.
+    spent repairing it, and small datasets never do. An error: the run starts from a model
+    that is not the one you chose, and a forward that raises cannot train at all.
 
     ## Example
     ```python
@@ -106,8 +107,8 @@ def dead_adapter(ctx) -> Outcome:
 
     ## What it does
     Reads every adapter's factors. Both zero is an error: B's gradient is proportional to
-    `A @ x` and A's to `B.T @ grad`, both zero forever. A zero with B non-zero is a warning:
-    an info: an identity start that trains A first (PEFT's own init for embedding adapters).
+    `A @ x` and A's to `B.T @ grad`, both zero forever. A zero with B non-zero is an info: an
+    identity start that trains A first (PEFT's own init for embedding adapters).
 
     ## Why is this bad?
     An adapter with `A = B = 0` is a fixed point of gradient descent: the loss does not move,
@@ -167,7 +168,9 @@ def lora_b_not_zero(ctx) -> Outcome:
     ## Why is this bad?
     With `B != 0` the adapter adds `s * B @ A @ x` before any training, so the model you
     fine-tune is not the pretrained one. Kaiming-initialising B (as FastVideo once did) or
-    initialising both factors with the same helper is the usual cause.
+    initialising both factors with the same helper is the usual cause. An error only when the
+    start is measured damaged (LD401 agrees); methods that compensate in the base weights
+    (PiSSA, OLoRA) keep an identity start on purpose, hence the info.
 
     ## Example
     ```python
@@ -224,6 +227,12 @@ def no_gradient_flow(ctx) -> Outcome:
     healthy. Gradient checkpointing with frozen embeddings and no input gradients is the
     classic case: every `lora_B` stays zero for the whole run.
 
+    Severities: an error where an adapter cannot train at all (B gets no gradient, B frozen,
+    not registered). Only A frozen or outside the graph is a warning: B still trains against
+    a fixed random projection (LoRA-FA freezes A on purpose), so the run is weaker, not
+    wasted. A base that gets a gradient is a warning, as in LD210: a full fine-tune may be
+    meant.
+
     ## Example
     ```python
     for p in model.parameters(): p.requires_grad = False    # after attaching the adapters
@@ -241,18 +250,36 @@ def no_gradient_flow(ctx) -> Outcome:
     if gr.error:
         raise SkipCheck(f"the adapted model's forward raises {gr.error} (see LD201/LD401)")
     findings = []
-    frozen = [a for a in adapters if not (a.A.requires_grad and a.B.requires_grad)]
+    # Never trains: both factors frozen, or B frozen at zero (then A's gradient, s * B^T @ grad,
+    # is zero too). One factor frozen while the other trains is a weaker adapter, not a dead one.
+    frozen = [a for a in adapters if not a.B.requires_grad
+              and (not a.A.requires_grad or _is_zero(a.B))]
+    half = [a for a in adapters if a not in frozen
+            and not (a.A.requires_grad and a.B.requires_grad)]
     if frozen:
         findings.append(no_gradient_flow.finding(
             f"{len(frozen)} of {len(adapters)} adapters have factors with requires_grad=False "
             f"({_names(frozen)}): they never train", location=frozen[0].name,
             evidence={"modules": [a.name for a in frozen]},
             fix="freeze the base before attaching the adapters, not after"))
+    if half:
+        which = "A" if not half[0].A.requires_grad else "B"
+        other = "B" if which == "A" else "A"
+        findings.append(no_gradient_flow.finding(
+            f"{which} has requires_grad=False in {len(half)} of {len(adapters)} adapters "
+            f"({_names(half)}) while {other} trains: only {other} learns, against a fixed "
+            f"{which}" + (" (as LoRA-FA does on purpose)" if which == "A" else ""),
+            location=half[0].name, severity=Severity.WARNING,
+            evidence={"modules": [a.name for a in half], "frozen_factor": which},
+            fix=f"set requires_grad = True on {which} too, unless a frozen {which} is what you "
+                f"mean"))
     live = [a for a in adapters if a not in frozen]
-    b_none = [a for a in live if gr.grad_max.get(id(a.B)) is None]
-    b_zero = [a for a in live if a not in b_none and not gr.grad_max.get(id(a.B))
+    b_none = [a for a in live if a.B.requires_grad and gr.grad_max.get(id(a.B)) is None]
+    b_zero = [a for a in live if a.B.requires_grad and a not in b_none
+              and not gr.grad_max.get(id(a.B))
               and not _is_zero(a.A)]
-    a_none = [a for a in live if gr.grad_max.get(id(a.A)) is None and a not in b_none]
+    a_none = [a for a in live if gr.grad_max.get(id(a.A)) is None and a not in b_none
+              and a.A.requires_grad]
     if b_none:
         findings.append(no_gradient_flow.finding(
             f"no gradient reaches {len(b_none)} of {len(adapters)} adapters ({_names(b_none)}): "
@@ -271,8 +298,9 @@ def no_gradient_flow(ctx) -> Outcome:
     if a_none:
         findings.append(no_gradient_flow.finding(
             f"A is outside the graph in {len(a_none)} of {len(adapters)} adapters "
-            f"({_names(a_none)}): it will never get a gradient, even after B moves",
-            location=a_none[0].name, evidence={"modules": [a.name for a in a_none]},
+            f"({_names(a_none)}): it will never get a gradient, even after B moves, so only B "
+            f"learns", location=a_none[0].name, severity=Severity.WARNING,
+            evidence={"modules": [a.name for a in a_none]},
             fix="do not detach A's output inside the adapter"))
     unregistered = [a for a in adapters if not a.registered]
     if unregistered:
@@ -318,6 +346,11 @@ def unusual_lora_scaling(ctx) -> Outcome:
     meaningless (a 64x scaling is a 64x learning rate on the update). A merge tool reads the
     declared scaling; if the forward applies another one, the merged model is not the one you
     trained.
+
+    Severities: a zero scaling is an error (nothing trains). The rest are warnings: a negative
+    or unusual scaling still trains (the optimizer adapts, at another effective learning
+    rate), and a declared scaling that differs from the applied one matters at merge time,
+    where LD502 measures the merge itself and is the error.
 
     ## Example
     ```python
@@ -400,7 +433,10 @@ def no_training_signal(ctx) -> Outcome:
     ## Why is this bad?
     The static checks say what should happen; this shows it does. A loss that does not move,
     adapters that stay at their initial values, or base weights that drift mean the run you
-    are about to start will waste its budget.
+    are about to start will waste its budget. Those are errors; a loss that rises over a few
+    steps on one batch is a warning (the learning rate may simply be high for one batch), and
+    so are trainable base weights that change (a full fine-tune may be meant; frozen ones that
+    change are an error).
 
     ## Example
     ```

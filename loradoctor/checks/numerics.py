@@ -274,7 +274,8 @@ def fp16_low_headroom(ctx) -> Outcome:
     batches hold larger outliers, and longer sequences grow attention outputs: a model that
     peaks at a third of fp16's range today can pass it mid-run, where it shows up as a sudden
     nan loss hours in. Real pretrained models sit here (SmolLM2-135M peaks near 25,000, a
-    headroom of about 2.6x).
+    headroom of about 2.6x). A warning: nothing has overflowed on this batch yet (that is
+    LD301's error); it is a risk to watch, not a wasted run.
 
     ## Example
     ```
@@ -339,7 +340,9 @@ def bf16_divergence(ctx) -> Outcome:
     bf16 keeps fp32's range but only 8 bits of mantissa (about 2-3 significant digits). Most
     models do not care; models with very large attention scores or logits do: a score of 500 is
     off by 1-2 in bf16, which reorders a softmax. The run then optimises a different function
-    than the one you evaluate in fp32, and the gradient points elsewhere.
+    than the one you evaluate in fp32, and the gradient points elsewhere. A warning: bf16 still
+    trains, only less exactly, and the tolerances are judgement calls; inf/nan where fp32 is
+    finite is an error, because that run is wasted.
 
     ## Example
     ```
@@ -408,7 +411,9 @@ def fp16_gradient_out_of_range(ctx) -> Outcome:
     still: without a loss scale they round to exactly zero and those weights never move. In
     the other direction, gradients past 65,504 are inf and the step is garbage. This is why
     fp16 training needs `torch.amp.GradScaler` (the Trainer adds one with `fp16=True`); a
-    hand-written loop often forgets it, or computes the loss in fp16 on top.
+    hand-written loop often forgets it, or computes the loss in fp16 on top. Lost gradient
+    values are a warning: the pass models no scaler, and a Trainer with `fp16=True` adds one,
+    so the run may be fine; a backward that overflows to inf/nan is an error.
 
     ## Example
     ```python
@@ -510,6 +515,8 @@ def fp16_trainable_parameters(ctx) -> Outcome:
     gradient (every LoRA A at an identity start) gives 0/0 = nan, a small one gives inf. The
     adapters are nan after one step. A GradScaler cannot rescue it: it refuses to unscale fp16
     gradients. Mixed precision keeps an fp32 copy of what is trained for exactly this reason.
+    An error when the simulated step turns values into nan/inf; a warning when it only loses
+    updates (the adapters train, more slowly) or could not be simulated.
 
     ## Example
     ```python

@@ -101,7 +101,9 @@ def closure_aliased_forward(ctx) -> Outcome:
     looks up `original_forward` and `lora` when it is called, after the loop has ended: every
     patched layer runs the *last* layer's weights and adapter. With different shapes the model
     crashes deep in attention with a matmul shape error; with equal shapes it runs and
-    silently trains garbage.
+    silently trains garbage. An error when the layer's output (or its crash) confirms it; a
+    warning when only the closure holds another layer and the output is still the layer's
+    own (a reference kept, not used).
 
     ## Example
     ```python
@@ -512,7 +514,10 @@ def uneven_adapter_coverage(ctx) -> Outcome:
     `layers.10`, a name that exists only in some blocks, or an `isinstance` check that misses
     a fused layer leave part of the model without adapters. An adapted output head is large
     and changes every token's logits. A base that is not frozen turns LoRA into a full
-    fine-tune with the memory bill and forgetting that come with it.
+    fine-tune with the memory bill and forgetting that come with it. Warnings, because each
+    can be meant (adapters on the last layers only, a trained head, a full fine-tune); no
+    adapter at all after your adapter code ran is an error. A PEFT config entry that matches
+    nothing is LD205's error.
 
     ## Example
     ```python
