@@ -230,8 +230,8 @@ def no_gradient_flow(ctx) -> Outcome:
     Severities: an error where an adapter cannot train at all (B gets no gradient, B frozen,
     not registered). Only A frozen or outside the graph is a warning: B still trains against
     a fixed random projection (LoRA-FA freezes A on purpose), so the run is weaker, not
-    wasted. A base that gets a gradient is a warning, as in LD210: a full fine-tune may be
-    meant.
+    wasted. Base parameters that get a gradient are counted in the summary only: they follow
+    from a base left trainable, which LD210 reports once.
 
     ## Example
     ```python
@@ -310,20 +310,15 @@ def no_gradient_flow(ctx) -> Outcome:
             location=unregistered[0].name, evidence={"modules": [a.name for a in unregistered]},
             fix="assign the adapter as a module attribute (module.lora = lora) or keep them in "
                 "an nn.ModuleList, not a Python list or a closure"))
-    if gr.base_with_grad:
-        n, m = gr.base_with_grad[0]
-        findings.append(no_gradient_flow.finding(
-            f"{len(gr.base_with_grad)} base parameter tensors got a gradient (e.g. {n}, max "
-            f"{m:.3g}): the base is not frozen", location=n, severity=Severity.WARNING,
-            evidence={"tensors": [x for x, _ in gr.base_with_grad[:50]]},
-            fix="set requires_grad = False on every base parameter"))
+    # Base parameters get a gradient only when they require one: that is the unfrozen base,
+    # reported once by LD210; here it is only counted.
     b_ok = [a for a in live if gr.grad_max.get(id(a.B))]
     a_ok = [a for a in live if gr.grad_max.get(id(a.A))]
     b_grad = max((gr.grad_max[id(a.B)] for a in b_ok), default=0.0)
     summary = f"B got a gradient in {len(b_ok)} of {len(adapters)} adapters (max {b_grad:.2g})"
     summary += f"; A in {len(a_ok)}" if a_ok else "; A gets its gradient after the first update"
-    summary += f"; {len(gr.base_with_grad)} base tensors got one" if gr.base_with_grad else \
-        "; no base parameter got one"
+    summary += (f"; {len(gr.base_with_grad)} base tensors got one (the base is not frozen: "
+                f"LD210)" if gr.base_with_grad else "; no base parameter got one")
     if gr.loss is not None and not math.isfinite(gr.loss):
         summary += f" (loss {gr.loss})"
     return Outcome(findings, summary=summary)
@@ -434,9 +429,9 @@ def no_training_signal(ctx) -> Outcome:
     The static checks say what should happen; this shows it does. A loss that does not move,
     adapters that stay at their initial values, or base weights that drift mean the run you
     are about to start will waste its budget. Those are errors; a loss that rises over a few
-    steps on one batch is a warning (the learning rate may simply be high for one batch), and
-    so are trainable base weights that change (a full fine-tune may be meant; frozen ones that
-    change are an error).
+    steps on one batch is a warning (the learning rate may simply be high for one batch).
+    Trainable base weights that change follow from a base left trainable, which LD210 reports
+    once (they are counted in the summary); frozen ones that change are an error.
 
     ## Example
     ```
@@ -511,16 +506,13 @@ def no_training_signal(ctx) -> Outcome:
                 f"steps ({_names(unchanged)})", location=unchanged[0].name,
                 evidence={"modules": [a.name for a in unchanged]},
                 fix="see LD402/LD404: these adapters get no gradient or are not in the optimizer"))
-        if base_changed:
-            frozen_changed = [n for n in base_changed if n not in trainable_names]
+        frozen_changed = [n for n in base_changed if n not in trainable_names]
+        if frozen_changed:  # trainable base tensors that move are LD210's unfrozen base
             findings.append(no_training_signal.finding(
-                f"{len(base_changed)} base tensors changed during training (e.g. "
-                f"{base_changed[0]})" + (": the base is not frozen" if not frozen_changed else
-                                          ", including frozen ones"),
-                location=base_changed[0],
-                severity=Severity.ERROR if frozen_changed else Severity.WARNING,
-                evidence={"tensors": base_changed[:50]},
-                fix="freeze the base: p.requires_grad = False for every base parameter"))
+                f"{len(frozen_changed)} frozen base tensors changed during training (e.g. "
+                f"{frozen_changed[0]}): something writes to them outside the optimizer",
+                location=frozen_changed[0], evidence={"tensors": frozen_changed[:50]},
+                fix="keep in-place writes to base weights out of the forward and the loop"))
     if run.error:
         summary = f"training crashed at {run.error}"
     else:
@@ -528,7 +520,8 @@ def no_training_signal(ctx) -> Outcome:
                    f"{curve[-1]:.4f}; {len(changed)} of {len(adapters)} adapters changed"
                    + (" (A after the first update)" if steps == 1 and not changed_a else "")
                    + ("; base unchanged" if not base_changed else
-                      f"; {len(base_changed)} base tensors changed"))
+                      f"; {len(base_changed)} base tensors changed"
+                      + ("" if frozen_changed else " (the base is not frozen: LD210)")))
         ctx.summary["train_losses"] = curve
     views = [Curve(f"loss over {steps} real AdamW steps, then after the last", {"adapted model": curve})] \
         if curve else []

@@ -404,6 +404,9 @@ def fp16_gradient_out_of_range(ctx) -> Outcome:
     fp16 (lost), and the first module whose output gradient is inf/nan while the forward was
     finite. From the fp32 gradients it also estimates what a GradScaler at its default scale
     (2^16) would keep. Lost gradients warn (above 1%); an overflowing backward is an error.
+    When base parameters train too (LD210: the base is not frozen), the adapters' gradients
+    and the base's are counted apart: losses only in the base are an info that points to
+    LD210, since those gradients exist only because the base trains.
 
     ## Why is this bad?
     fp16's smallest value is 2^-24 (6e-8). The loss is a mean over every token, so per-value
@@ -482,6 +485,11 @@ def fp16_gradient_out_of_range(ctx) -> Outcome:
     if frac < opts.grad_lost_warn:
         return Outcome(summary=f"fp16 keeps {pct(1 - frac)} of the {p16.grad_nonzero_fp32:,} "
                                f"non-zero fp32 gradient values without loss scaling")
+    split = _lost_by_side(ctx, m, scale)
+    if split is not None:  # the base trains too: tell its losses from the adapters'
+        sides, adapter_names = split
+        evidence["by_side"] = sides
+        return _lost_with_base_trainable(sides, adapter_names, p16, scale, evidence, opts)
     kept = below_scaled / nonzero if nonzero else 0.0
     worst_text = f"; worst {worst[0][0]} ({pct(worst[0][1])})" if worst else ""
     finding = fp16_gradient_out_of_range.finding(
@@ -493,6 +501,72 @@ def fp16_gradient_out_of_range(ctx) -> Outcome:
         fix="train fp16 with torch.amp.GradScaler (Trainer: fp16=True), or train in bf16")
     return Outcome([finding], summary=f"{pct(frac)} of gradient values lost in fp16 without a "
                                       f"GradScaler")
+
+
+def _lost_by_side(ctx, m: Measurement, scale: float) -> tuple[dict, set] | None:
+    """Lost fp16 gradient values of the adapters and of the base, when both train (else None).
+
+    Per side: `lost` (non-zero in fp32, exactly zero in fp16), `nonzero` (in fp32) and
+    `below_scaled` (fp32 values a GradScaler at `scale` would still leave below fp16's range),
+    over the same sampled gradient values as the totals; with the adapters' tensor names.
+    """
+    from ..model.measurements import discovery
+    disc = discovery(ctx)
+    if not disc.adapters:
+        return None
+    ids = disc.adapter_param_ids()
+    adapter_names = {n for n, p in ctx.adapted.named_parameters() if id(p) in ids}
+    ref, got = m.grad_samples.get("fp32", {}), m.grad_samples.get("fp16", {})
+    sides = {side: {"lost": 0, "nonzero": 0, "below_scaled": 0} for side in ("adapters", "base")}
+    for name, r in ref.items():
+        g = got.get(name)
+        if g is None:
+            continue
+        side = sides["adapters" if name in adapter_names else "base"]
+        a = r.float().abs()
+        nz = a > 0
+        side["lost"] += int((nz & (g == 0)).sum())
+        side["nonzero"] += int(nz.sum())
+        side["below_scaled"] += int((nz & (a * scale < FP16_TINY / 2)).sum())
+    for side in sides.values():
+        side["lost_fraction"] = side["lost"] / side["nonzero"] if side["nonzero"] else 0.0
+    return (sides, adapter_names) if sides["base"]["nonzero"] else None
+
+
+def _lost_with_base_trainable(sides: dict, adapter_names: set, p16: DtypePass, scale: float,
+                              evidence: dict, opts: NumericsOptions) -> Outcome:
+    """LD304 when base parameters train as well: the base's losses follow from LD210's cause."""
+    ad, base = sides["adapters"], sides["base"]
+    ranked = sorted(p16.grad_lost_by_param.items(), key=lambda kv: -kv[1])
+    worst_base = [(n, f) for n, f in ranked if n not in adapter_names][:1]
+    worst_adapter = [(n, f) for n, f in ranked if n in adapter_names][:1]
+    scaler = f"2^{int(math.log2(scale))}"
+    if ad["lost_fraction"] < opts.grad_lost_warn:
+        w = f"; worst {worst_base[0][0]} ({pct(worst_base[0][1])})" if worst_base else ""
+        finding = fp16_gradient_out_of_range.finding(
+            f"without loss scaling, fp16 zeroes {base['lost']:,} of the {base['nonzero']:,} "
+            f"gradient values of base parameters that are non-zero in fp32 "
+            f"({pct(base['lost_fraction'])}){w}: they get gradients only because the base is not "
+            f"frozen (LD210); the adapters keep {pct(1 - ad['lost_fraction'])} of their "
+            f"{ad['nonzero']:,}", severity=Severity.INFO,
+            location=worst_base[0][0] if worst_base else None, evidence=evidence,
+            fix="nothing to do for the adapters; if you do train the base in fp16, use "
+                "torch.amp.GradScaler (Trainer: fp16=True) or bf16")
+        return Outcome([finding], summary=f"the adapters keep {pct(1 - ad['lost_fraction'])} of "
+                                          f"their gradient values in fp16; the unfrozen base "
+                                          f"(LD210) loses {pct(base['lost_fraction'])}")
+    kept = ad["below_scaled"] / ad["nonzero"] if ad["nonzero"] else 0.0
+    w = f"; worst {worst_adapter[0][0]} ({pct(worst_adapter[0][1])})" if worst_adapter else ""
+    finding = fp16_gradient_out_of_range.finding(
+        f"without loss scaling, fp16 zeroes {ad['lost']:,} of the {ad['nonzero']:,} adapter "
+        f"gradient values that are non-zero in fp32 ({pct(ad['lost_fraction'])}){w}; a GradScaler "
+        f"at {scaler} would leave about {pct(kept)} below fp16's range (estimated from the fp32 "
+        f"gradients). The base, trainable because it is not frozen (LD210), loses "
+        f"{pct(base['lost_fraction'])} of its {base['nonzero']:,}",
+        location=worst_adapter[0][0] if worst_adapter else None, evidence=evidence,
+        fix="train fp16 with torch.amp.GradScaler (Trainer: fp16=True), or train in bf16")
+    return Outcome([finding], summary=f"{pct(ad['lost_fraction'])} of adapter gradient values "
+                                      f"lost in fp16 without a GradScaler")
 
 
 # --- LD305 -----------------------------------------------------------------------------------

@@ -507,7 +507,11 @@ def uneven_adapter_coverage(ctx) -> Outcome:
     others) and by layer. Flags a kind adapted in some layers but not others, a model where
     no adapter was found although adapter code was given, adapters on `lm_head` or the
     embeddings, and trainable parameters outside the adapters (the base not frozen), with the
-    trainable count and percentage.
+    trainable count and percentage. This is the one finding for a base left trainable: the
+    gradient, training and fp16 rules count what follows from it and point here. Many apply
+    functions leave the base trainable and the training script freezes it afterwards
+    (MiniMind's does); `--freeze-base` (`freeze_base=True` in the API) freezes every
+    non-adapter parameter before the checks, to check the pipeline as such a script trains it.
 
     ## Why is this bad?
     Target-module patterns fail silently: a regex that matches `layers.1` but not
@@ -531,6 +535,7 @@ def uneven_adapter_coverage(ctx) -> Outcome:
     ```
     """
     from ..model.adapters import KIND_ORDER, kind_of, layer_of
+    from ..model.freeze import frozen_by_us
     from ..model.measurements import discovery
     disc = discovery(ctx)
     model = ctx.adapted
@@ -598,19 +603,31 @@ def uneven_adapter_coverage(ctx) -> Outcome:
                 outside_names.append(n)
     pct = 100.0 * trainable / total if total else 0.0
     if outside:
+        # The one finding for this cause: LD404, LD406 and LD304 point here for what follows
+        # from it (base gradients, base weights that move, fp16 losing base gradients).
         findings.append(uneven_adapter_coverage.finding(
             f"{outside:,} trainable parameters are outside the adapters ({len(outside_names)} "
             f"tensors, e.g. {outside_names[0]}): the base is not frozen, so {pct:.2f}% of the "
-            f"model trains", location=outside_names[0],
+            f"model trains. A training script may still freeze it after the apply function; "
+            f"--freeze-base (freeze_base=True) checks the pipeline as such a script trains it",
+            location=outside_names[0],
             evidence={"trainable": trainable, "total": total, "outside_adapters": outside,
-                      "tensors": outside_names[:50]},
+                      "tensors": outside_names[:50], "freeze_base": False,
+                      "follows": ["LD304", "LD404", "LD406"]},
             fix="freeze the base (p.requires_grad = False for every parameter) before "
-                "attaching the adapters"))
+                "attaching the adapters, or rerun with --freeze-base if your training script "
+                "freezes it"))
     ctx.summary.update({"adapters": len(disc.adapters), "linear_layers": len(disc.linears),
                         "trainable_parameters": trainable, "trainable_percent": round(pct, 4)})
     n_adapted = sum(1 for n in disc.linears if n in adapted)
     summary = (f"{n_adapted} of {len(disc.linears)} linear layers adapted; {trainable:,} of "
                f"{total:,} parameters trainable ({pct:.2f}%)")
+    frozen = frozen_by_us(ctx)
+    if frozen is not None:
+        summary += (f"; --freeze-base froze {frozen.numel:,} base parameters in "
+                    f"{len(frozen.frozen)} tensors" if frozen.frozen else
+                    "; --freeze-base found the base already frozen")
+        ctx.summary["freeze_base"] = {"tensors": len(frozen.frozen), "parameters": frozen.numel}
     return Outcome(findings, summary=summary, views=[_coverage_table(cells, kinds, layers)])
 
 
