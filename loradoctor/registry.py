@@ -6,18 +6,24 @@ Order matters: it is the order of the doctor view. A new rule is added to its mo
 
 from __future__ import annotations
 
-from .checks import init, masking, numerics, persistence, records, tool, wiring
+from .checks import (artifact, fuzz, init, masking, numerics, persistence, records, tool, watch,
+                     wiring)
 from .errors import InputError
 from .rules import Rule
 
 TOOL_RULES: list[Rule] = list(tool.RULES)
-DATASET_RULES: list[Rule] = [*records.RULES, *masking.RULES]
+# `--fuzz` failures land under the masking rule they break (checks/fuzz.py), hence the wrap.
+DATASET_RULES: list[Rule] = [*records.RULES, *fuzz.with_fuzz(masking.RULES), *fuzz.RULES]
 MODEL_RULES: list[Rule] = [*wiring.RULES, *init.RULES, *numerics.RULES, *persistence.RULES]
-ALL_RULES: list[Rule] = [*TOOL_RULES, *DATASET_RULES, *MODEL_RULES]
+ADAPTER_RULES: list[Rule] = list(artifact.RULES)  # check-adapter: the saved artifact
+# Read step by step while training runs (model/watch.py), not by a check-* command.
+WATCH_RULES: list[Rule] = list(watch.RULES)
+ALL_RULES: list[Rule] = [*TOOL_RULES, *DATASET_RULES, *MODEL_RULES, *ADAPTER_RULES, *WATCH_RULES]
 
 
 def rules_for(command: str) -> list[Rule]:
-    return {"dataset": DATASET_RULES, "model": MODEL_RULES}[command]
+    return {"dataset": DATASET_RULES, "model": MODEL_RULES, "adapter": ADAPTER_RULES,
+            "watch": WATCH_RULES}[command]
 
 
 def get(code: str) -> Rule:

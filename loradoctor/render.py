@@ -60,12 +60,12 @@ def console(stderr: bool = False) -> Console:
     return con
 
 
-def concise(report: Report, limit: int = 10) -> str:
-    """The report in a few plain lines: one per error finding (with its fix), then the counts."""
+def concise(report: Report, limit: int = 10, title: str | None = None) -> str:
+    """The report in a few plain lines: a head line, then one per error finding with its fix."""
     errors = [f for f in report.findings if f.severity is Severity.ERROR]
     c = report.counts()
-    head = (f"loradoctor found {c['errors']} error{'s' if c['errors'] != 1 else ''}"
-            f" in {len(report.results)} checks")
+    head = title or (f"loradoctor found {c['errors']} error{'s' if c['errors'] != 1 else ''}"
+                     f" in {len(report.results)} checks")
     lines = [head + (":" if errors else "")]
     for f in errors[:limit]:
         where = f" {f.location}" if f.location else ""

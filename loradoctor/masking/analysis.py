@@ -31,7 +31,10 @@ class Analysis:
     source: str = ""  # the data file as records name it (for locations)
 
     def location(self, line: int | None) -> str | None:
-        return f"{self.source}:{line}" if line is not None else None
+        if line is None:
+            return None
+        named = self.comparison.locations.get(line) if self.comparison is not None else None
+        return named or f"{self.source}:{line}"
 
 
 def oracle(ctx) -> Oracle:

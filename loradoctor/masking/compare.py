@@ -559,6 +559,8 @@ def compare_rows(rows, structure: StructureOracle, show: int, advance=lambda n=1
                 res.row_problems.append((row.line, row.location, row.problem))
         else:
             comparer.add(row.line, row.location, row.item)
+        if len(res.locations) < MAX_ROW_PROBLEMS:
+            res.locations[row.line] = row.location  # "batch 0 row 1", "dataset[7]"
         advance(1)
     if res.bad_rows and not res.samples:
         line, location, problem = res.row_problems[0]
