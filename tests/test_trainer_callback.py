@@ -144,7 +144,7 @@ def test_it_stops_a_run_whose_loss_goes_nan_mid_run_though_its_logs_look_normal(
     assert all(math.isfinite(float(x)) for x in logged)  # the Trainer's filter hides the NaN
     errors = callback.report.errors
     assert [f.code for f in errors] == ["LD420"]
-    assert errors[0].evidence["step"] == 5 and "step 5" in errors[0].message
+    assert errors[0].evidence["step"] == 5 and errors[0].location == "step 5"
     assert trainer.state.global_step == 5
 
 

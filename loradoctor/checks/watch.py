@@ -48,7 +48,7 @@ def non_finite_loss(state) -> Outcome:
     if state.loss is None or math.isfinite(state.loss):
         return Outcome()
     return Outcome([non_finite_loss.finding(
-        f"step {state.step}: the loss is {state.loss}; the logs of a Trainer replace it with "
+        f"the loss is {state.loss}; the logs of a Trainer replace it with "
         f"an average, but the optimizer step that follows writes NaN into the weights",
         location=f"step {state.step}", evidence={"step": state.step, "loss": state.loss},
         fix="check the batch at this step for samples with no supervised token (LD101) and "
@@ -82,7 +82,7 @@ def non_finite_gradient_norm(state) -> Outcome:
     if g is None or math.isfinite(g) or (state.loss is not None and not math.isfinite(state.loss)):
         return Outcome()  # gradients of a non-finite loss are LD420's: one cause, one finding
     return Outcome([non_finite_gradient_norm.finding(
-        f"step {state.step}: the gradient norm of the trainable parameters is {g} (loss "
+        f"the gradient norm of the trainable parameters is {g} (loss "
         f"{_fmt(state.loss)})", location=f"step {state.step}",
         evidence={"step": state.step, "grad_norm": g, "loss": state.loss},
         fix="train in bf16 or keep the adapters in fp32 with a GradScaler (see LD301, LD304)")])
@@ -114,7 +114,7 @@ def zero_gradient_norm(state) -> Outcome:
     if state.grad_norm != 0.0 or (state.loss is not None and not math.isfinite(state.loss)):
         return Outcome()  # a non-finite loss is LD420's: one cause, one finding
     return Outcome([zero_gradient_norm.finding(
-        f"step {state.step}: the trainable parameters' gradients are all exactly 0 (loss "
+        f"the trainable parameters' gradients are all exactly 0 (loss "
         f"{_fmt(state.loss)}), so this step trains nothing", location=f"step {state.step}",
         evidence={"step": state.step, "grad_norm": 0.0, "loss": state.loss},
         fix="check that the adapters are in the forward (LD204, LD404) and that the batch "
@@ -155,7 +155,7 @@ def loss_frozen(state) -> Outcome:
     if max(abs(x - ref) for x in recent) > state.options.frozen_rtol * max(1.0, abs(ref)):
         return Outcome()
     return Outcome([loss_frozen.finding(
-        f"step {state.step}: the loss has been {ref:.6g} for {n} steps in a row: nothing is "
+        f"the loss has been {ref:.6g} for {n} steps in a row: nothing is "
         f"being updated, or the output no longer depends on the input",
         location=f"step {state.step}", evidence={"step": state.step, "losses": recent},
         fix="check that the optimizer holds the adapters and the learning rate is not 0")])
@@ -233,7 +233,7 @@ def loss_collapsed_to_uniform(state) -> Outcome:
                for x in recent):
         return Outcome()
     return Outcome([loss_collapsed_to_uniform.finding(
-        f"step {state.step}: the loss is {recent[-1]:.4f}, log(vocab_size={v}) = {uniform:.4f}, "
+        f"the loss is {recent[-1]:.4f}, log(vocab_size={v}) = {uniform:.4f}, "
         f"for {n} steps, after it was {state.best_loss:.4f}: the model collapsed to the uniform "
         f"distribution", location=f"step {state.step}",
         evidence={"step": state.step, "losses": recent, "log_vocab": uniform,
@@ -267,7 +267,7 @@ def loss_exactly_zero(state) -> Outcome:
     if state.loss != 0.0:
         return Outcome()
     return Outcome([loss_exactly_zero.finding(
-        f"step {state.step}: the loss is exactly 0, so the batch supervised nothing",
+        f"the loss is exactly 0, so the batch supervised nothing",
         location=f"step {state.step}", evidence={"step": state.step, "loss": 0.0},
         fix="check that the batch supervises tokens (LD101) and that labels are not the "
             "inputs the model reads")])
