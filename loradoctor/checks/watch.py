@@ -48,8 +48,9 @@ def non_finite_loss(state) -> Outcome:
     if state.loss is None or math.isfinite(state.loss):
         return Outcome()
     return Outcome([non_finite_loss.finding(
-        f"the loss is {state.loss}; the logs of a Trainer replace it with "
-        f"an average, but the optimizer step that follows writes NaN into the weights",
+        f"the model's loss is {state.loss} (a batch that supervises no token, or an "
+        f"overflow); a Trainer logs such a step as a finite number (0, or the average its "
+        f"logging_nan_inf_filter puts in its place), and an optimizer step on NaN gradients writes NaN into the weights",
         location=f"step {state.step}", evidence={"step": state.step, "loss": state.loss},
         fix="check the batch at this step for samples with no supervised token (LD101) and "
             "fp16 overflow (LD301); lower the learning rate")])
