@@ -96,6 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
                          "65504 (default 4)")
     _common(md)
 
+    ad = sub.add_parser("check-adapter", help="a saved adapter against its base model",
+                        description="Check a saved adapter (a PEFT folder, or with --apply the "
+                                    "file your own save function wrote): keys against the base, "
+                                    "factors, config, update sizes, and its effect on the "
+                                    "logits, loaded and merged.")
+    ad.add_argument("adapter", metavar="ADAPTER",
+                    help="PEFT adapter folder (adapter_config.json + weights), or your saved file")
+    ad.add_argument("--model", required=True, metavar="MODEL", help="local base model directory")
+    ad.add_argument("--apply", metavar="SPEC",
+                    help="your apply function (file.py:NAME); the load function beside it "
+                         "(load_lora, load_adapter, ...) loads ADAPTER")
+    ad.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    _common(ad)
+
     rl = sub.add_parser("rules", help="list the rules, or print one rule's documentation")
     rl.add_argument("code", nargs="?", metavar="CODE")
 
@@ -159,6 +173,9 @@ def _dispatch(args) -> int:
         inputs = dict(data=args.data, tokenizer=args.tokenizer, dataset=args.dataset,
                       max_length=args.max_length, show=args.show, workers=args.workers,
                       tokenized=args.tokenized)
+    elif args.command == "check-adapter":
+        inputs = dict(adapter=args.adapter, model=args.model, apply=args.apply,
+                      device=args.device)
     else:
         inputs = dict(model=args.model, apply=args.apply, apply_args=parse_kwargs(args.apply_arg),
                       peft=args.peft, data=args.data,

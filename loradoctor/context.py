@@ -338,3 +338,60 @@ class ModelContext(_Memo):
         frozen = self.__dict__.get("_memo", {}).pop("frozen_base", None)
         if frozen is not None and frozen[0]:
             frozen[1].restore()
+
+
+@dataclass
+class AdapterContext(_Memo):
+    """What `check-adapter` was given: a saved adapter and the base model it was trained on.
+
+    `adapter_dir` is a PEFT folder (`adapter_config.json` and its weights), or with
+    `apply_spec` a file the user's own save function wrote (their apply function builds the
+    adapters, the load function beside it loads the file). The measurements live in
+    `model/artifact.py`; nothing is written into the adapter folder.
+    """
+
+    adapter_dir: Path
+    model_dir: Path
+    apply_spec: str | None = None
+    device: str = "cpu"
+    probe_shape: tuple[int, int] = (2, 64)  # (batch, tokens)
+    seed: int = 0
+    data: Path | None = None  # the probe batch's chat data (None: built-in turns or random ids)
+    summary: dict[str, Any] = field(default_factory=dict)
+    views: list = field(default_factory=list)
+
+    def validate_inputs(self) -> None:
+        load.local_dir(self.model_dir, "model")
+        if not (Path(self.model_dir) / "config.json").exists():
+            raise InputError(f"model {self.model_dir}: no config.json, not a Hugging Face "
+                             f"model directory")
+        from .model.artifact import artifact
+        _ = artifact(self)
+
+    @property
+    def apply_fn(self) -> Callable | None:
+        if not self.apply_spec:
+            return None
+        return self.memo("apply_fn", lambda: load.load_spec(self.apply_spec))
+
+    @property
+    def tokenizer(self):
+        """A tokenizer beside the model (or the adapter, as PEFT folders often keep one)."""
+        def find():
+            for d in (self.model_dir, self.adapter_dir):
+                if Path(d).is_dir() and load.has_tokenizer(d):
+                    return load.load_tokenizer(d)
+            return None
+        return self.memo("tokenizer", find)
+
+    def fresh_base_model(self):
+        return load.load_model(self.model_dir, "fp32", self.device)
+
+    @property
+    def base_model(self):
+        return self.memo("base_model", self.fresh_base_model)
+
+    @property
+    def probe(self) -> dict[str, Any]:
+        from .model.probe import probe_batch
+        return self.memo("probe", lambda: probe_batch(self))

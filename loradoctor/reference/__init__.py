@@ -36,8 +36,8 @@ class ReferenceRun:
 
 
 def all_runs() -> list[ReferenceRun]:
-    from . import masking, numerics, watchdog, wiring  # explicit: one module per family
-    return [*masking.RUNS, *wiring.RUNS, *numerics.RUNS, *watchdog.RUNS]
+    from . import adapter, masking, numerics, watchdog, wiring  # explicit: one module per family
+    return [*masking.RUNS, *wiring.RUNS, *numerics.RUNS, *watchdog.RUNS, *adapter.RUNS]
 
 
 def select_runs(name: str | None) -> list[ReferenceRun]:
