@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--tokenized", action="store_true",
                     help="DATA rows already hold input_ids and labels (and maybe attention_mask): "
                          "judge the labels against the template's structure in the tokens")
+    ds.add_argument("--fuzz", type=int, default=0, metavar="N",
+                    help="after the file's records, feed N generated conversations to your "
+                         "--dataset code and shrink each one it gets wrong")
+    ds.add_argument("--seed", type=int, default=0, metavar="S",
+                    help="seed of the --fuzz search (default 0; the same seed finds the same)")
     ds.add_argument("--show", type=int, default=3, metavar="N",
                     help="colored token views for up to N failing samples (default 3)")
     ds.add_argument("--workers", type=int, default=1, metavar="N",
@@ -172,7 +177,7 @@ def _dispatch(args) -> int:
     if args.command == "check-dataset":
         inputs = dict(data=args.data, tokenizer=args.tokenizer, dataset=args.dataset,
                       max_length=args.max_length, show=args.show, workers=args.workers,
-                      tokenized=args.tokenized)
+                      tokenized=args.tokenized, fuzz=args.fuzz, seed=args.seed)
     elif args.command == "check-adapter":
         inputs = dict(adapter=args.adapter, model=args.model, apply=args.apply,
                       device=args.device)

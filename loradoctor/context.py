@@ -185,6 +185,9 @@ class DatasetContext(_Memo):
                                  "conversations to label (data=...); a dataset instance, "
                                  "batches or --tokenized rows can be checked alone")
         _ = self.user_dataset
+        if self.fuzz:
+            from .masking.fuzz import validate
+            validate(self)
 
 
 @dataclass
