@@ -84,7 +84,7 @@ class Run:
 def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, dataset: Any = None,
             batches: Iterable | None = None, tokenized: bool = False, apply: Any = None,
             apply_args: dict | None = None, peft: Any = None, adapter: Any = None,
-            max_length: int | None = None, dtypes: Sequence[str] | str | None = None,
+            model_args: dict | None = None, max_length: int | None = None, dtypes: Sequence[str] | str | None = None,
             device: str | None = None, train_steps: int = 0, freeze_base: bool = False,
             select: Sequence[str] | str | None = None, ignore: Sequence[str] | str | None = None,
             fuzz: int = 0, seed: int = 0, show: int = 3, workers: int = 1,
@@ -94,6 +94,10 @@ def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, datas
     `command` is one of `check-dataset`, `check-model`, `check-adapter` (the CLI's); without
     it, every command whose inputs are given runs: data checks when there is data, a dataset
     or batches; model checks when there is a model; adapter checks when there is an adapter.
+
+    `model` is a directory, an `nn.Module`, or a SPEC (`file.py:NAME`, `pkg.mod:NAME`: the
+    user's own model function or class, built with `model_args`). With a model, the data
+    checks read labels the way its loss does (`model.convention`); without, the HF way.
     """
     from . import registry
 
@@ -116,29 +120,33 @@ def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, datas
             if cmd == "check-dataset":
                 ctx, title = _dataset_context(tokenizer, data, dataset, batches, tokenized,
                                               max_length, show, workers, fuzz, seed, keep,
-                                              model)
+                                              model, model_args)
             elif cmd == "check-model":
                 # Data for the probe batch must be a file; live records feed the data checks.
                 ctx, title = _model_context(model, tokenizer, _path_or_none(data), apply,
                                             apply_args, peft, dtypes, device, train_steps,
-                                            freeze_base, fp16_headroom, keep)
+                                            freeze_base, fp16_headroom, keep, model_args)
             else:
                 ctx, title = _adapter_context(adapter, model, apply, device)
             rules = registry.select(registry.rules_for(_FAMILY[cmd]), chosen_select,
                                     chosen_ignore)
-            ctx.validate_inputs()
-            parts.append(Part(cmd, ctx, rules))
+            parts.append(Part(cmd, ctx, rules))  # before validating: close() cleans it up
             titles.append(title)
+            ctx.validate_inputs()
     except BaseException:
-        for restore in reversed(keep):
-            restore()
+        Run(parts, "", keep).close()  # put back what the parts built so far borrowed
         raise
-    return Run(parts, " + ".join(titles), keep)
+    return Run(parts, " + ".join(_noted(t, p.ctx) for t, p in zip(titles, parts)), keep)
 
 
 def check(**kwargs: Any) -> Report:
     """Run loradoctor on a pipeline; see `prepare()` for the arguments. Returns the Report."""
-    return prepare(**kwargs).execute()
+    from .model.safety import rng_preserved
+
+    # Loading inputs draws random numbers too (rich draws link ids from Python's `random` at
+    # import), so the RNG states are forked around the whole call, not only around the checks.
+    with rng_preserved():
+        return prepare(**kwargs).execute()
 
 
 def gate(*, quiet: bool = False, verbose: bool = False, **kwargs: Any) -> Report:
@@ -147,13 +155,15 @@ def gate(*, quiet: bool = False, verbose: bool = False, **kwargs: Any) -> Report
     One line at the top of a training script stops it before its first step when the pipeline
     would waste the run: `loradoctor.gate(model=model, tokenizer=tokenizer, dataset=train_ds)`.
     """
-    from .render import concise, console, print_report
+    from .model.safety import rng_preserved
 
-    run = prepare(**kwargs)
-    report = run.execute()
-    if not quiet:
-        print_report(report, title=f"loradoctor gate · {run.title}", verbose=verbose,
-                     out=console(stderr=True))
+    with rng_preserved():  # as in check(): loading and printing draw random numbers too
+        from .render import concise, console, print_report
+        run = prepare(**kwargs)
+        report = run.execute()
+        if not quiet:
+            print_report(report, title=f"loradoctor gate · {run.title}", verbose=verbose,
+                         out=console(stderr=True))
     if not report.ok:
         raise UnhealthyPipeline(report, concise(report))
     return report
@@ -185,8 +195,30 @@ def _name(value: Any) -> str:
     return getattr(value, "name_or_path", None) or type(value).__name__
 
 
+def _noted(title: str, ctx: Any) -> str:
+    """The title with how the model reads labels (measured, or the HF way assumed)."""
+    note = getattr(ctx, "convention_note", None)
+    return f"{title} · {note}" if note else title
+
+
+def _set_model(ctx, model: Any, model_args: dict | None) -> None:
+    """A model directory, the user's model SPEC (with its args) or a live nn.Module on `ctx`."""
+    from .model.user_model import is_spec
+
+    if is_spec(model):
+        ctx.model_spec, ctx.model_args = str(model), dict(model_args or {})
+        return
+    if model_args:
+        raise InputError("--model-arg: model arguments are for a model SPEC (--model "
+                         "file.py:NAME), not a directory or a model object")
+    if _is_path(model):
+        ctx.model_dir = Path(model)
+    else:
+        ctx.model_given = model
+
+
 def _dataset_context(tokenizer, data, dataset, batches, tokenized, max_length, show, workers,
-                     fuzz, seed, keep, model):
+                     fuzz, seed, keep, model, model_args=None):
     from .context import DatasetContext
 
     if max_length is not None and max_length < 1:
@@ -200,6 +232,8 @@ def _dataset_context(tokenizer, data, dataset, batches, tokenized, max_length, s
                          "(a directory or the tokenizer object)")
     ctx = DatasetContext(max_length=max_length, show=show, workers=max(1, workers),
                          tokenized=bool(tokenized))
+    if model is not None:
+        _set_model(ctx, model, model_args)
     if _is_path(tokenizer):
         ctx.tokenizer_dir = Path(tokenizer)
     else:
@@ -244,7 +278,7 @@ def _records(data: Any) -> list:
 
 
 def _model_context(model, tokenizer, data, apply, apply_args, peft, dtypes, device,
-                   train_steps, freeze_base, fp16_headroom, keep):
+                   train_steps, freeze_base, fp16_headroom, keep, model_args=None):
     from .context import ModelContext
     from .load import resolve_device, torch_dtype
 
@@ -262,11 +296,10 @@ def _model_context(model, tokenizer, data, apply, apply_args, peft, dtypes, devi
     ctx.fp16_headroom = fp16_headroom
     if hasattr(ctx, "freeze_base"):
         ctx.freeze_base = bool(freeze_base)
-    if _is_path(model):
-        ctx.model_dir = Path(model)
+    _set_model(ctx, model, model_args)
+    if ctx.model_given is None:
         ctx.device = resolve_device(device or "auto")
     else:
-        ctx.model_given = model
         ctx.device = device or _device_of(model)
     if isinstance(apply, str):
         ctx.apply_spec = apply

@@ -33,16 +33,25 @@ def numerics(ctx) -> Measurement:
         n = 1 + len([d for d in (ctx.dtypes or ("bf16", "fp16")) if d != "fp32"])
         with progress(ctx, "numerics: fp32, bf16, fp16 passes", total=n) as advance:
             m = measure(model, ctx.probe, dtypes=ctx.dtypes, device=ctx.device, options=opts,
-                        on_pass=lambda _p: advance(1))
-        ctx.summary["numerics"] = summary_figures(m, opts)
+                        on_pass=lambda _p: advance(1), convention=ctx.convention)
+        ctx.summary["numerics"] = summary_figures(m, opts, _adapter_lost_fraction(ctx, m))
         return m
     return ctx.memo("numerics", compute)
 
 
-def summary_figures(m: Measurement, opts: NumericsOptions) -> dict:
+def _adapter_lost_fraction(ctx, m: Measurement) -> float | None:
+    """fp16's lost share of the adapters' gradients when the base trains too (else None)."""
+    if "fp16" not in m.requested or m.get("fp16") is None or not m.get("fp16").ran:
+        return None
+    split = _lost_by_side(ctx, m, 2.0 ** 16)
+    return split[0]["adapters"]["lost_fraction"] if split is not None else None
+
+
+def summary_figures(m: Measurement, opts: NumericsOptions,
+                    lost_fraction: float | None = None) -> dict:
     peak = m.fp32_peak if m.fp32.ran else None
     out = {
-        "verdict": verdict_line(dtype_verdicts(m, opts)) if m.fp32.ran else None,
+        "verdict": verdict_line(dtype_verdicts(m, opts, lost_fraction)) if m.fp32.ran else None,
         "probe_shape": list(m.probe_shape),
         "fp32_peak": peak.peak if peak else None,
         "fp32_peak_module": peak.name if peak else None,
@@ -139,7 +148,7 @@ def numerics_verdict(ctx) -> Outcome:
     m = numerics(ctx)
     ref = _reference(m)
     opts = options(ctx)
-    verdicts = dtype_verdicts(m, opts)
+    verdicts = dtype_verdicts(m, opts, _adapter_lost_fraction(ctx, m))
     rows = []
     by_dtype = {v.dtype: v for v in verdicts}
     for dtype in ("fp32", "bf16", "fp16"):

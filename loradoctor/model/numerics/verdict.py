@@ -116,8 +116,13 @@ def near_limit(m: Measurement, factor: float) -> list[ModuleStat]:
     return out
 
 
-def dtype_verdicts(m: Measurement, opts: NumericsOptions) -> list[DtypeVerdict]:
-    """One verdict per dtype, fp32 first, then bf16 and fp16 where they were asked for."""
+def dtype_verdicts(m: Measurement, opts: NumericsOptions,
+                   lost_fraction: float | None = None) -> list[DtypeVerdict]:
+    """One verdict per dtype, fp32 first, then bf16 and fp16 where they were asked for.
+
+    `lost_fraction` replaces fp16's share of lost gradient values when only some trainable
+    parameters count (the adapters', when an unfrozen base trains too: that is LD210's cause).
+    """
     out = []
     for dtype in ("fp32", "bf16", "fp16"):
         if dtype != "fp32" and dtype not in m.requested:
@@ -127,11 +132,12 @@ def dtype_verdicts(m: Measurement, opts: NumericsOptions) -> list[DtypeVerdict]:
             why = (p.error if p is not None else "not run") or "not run"
             out.append(DtypeVerdict(dtype, "skip", _short(why)))
             continue
-        out.append(_verdict(m, p, opts))
+        out.append(_verdict(m, p, opts, lost_fraction))
     return out
 
 
-def _verdict(m: Measurement, p: DtypePass, opts: NumericsOptions) -> DtypeVerdict:
+def _verdict(m: Measurement, p: DtypePass, opts: NumericsOptions,
+             lost_fraction: float | None = None) -> DtypeVerdict:
     dtype = p.dtype
     bad = p.first_bad_forward
     if bad is not None:
@@ -156,8 +162,10 @@ def _verdict(m: Measurement, p: DtypePass, opts: NumericsOptions) -> DtypeVerdic
     if dtype == "fp16":
         if room < opts.fp16_headroom:
             warn.append(f"headroom {times(room)} to {fmt(FP16_MAX)}")
-        if p.backward and p.grad_lost_fraction >= opts.grad_lost_warn:
-            warn.append(f"{pct(p.grad_lost_fraction)} of gradients underflow without a GradScaler")
+        lost = p.grad_lost_fraction if lost_fraction is None else lost_fraction
+        if p.backward and lost >= opts.grad_lost_warn:
+            warn.append(f"{pct(lost)} of {'adapter ' if lost_fraction is not None else ''}"
+                        f"gradients underflow without a GradScaler")
     if warn:
         return DtypeVerdict(dtype, "warn", "; ".join(warn))
     if dtype == "fp16" and math.isfinite(room):
