@@ -132,6 +132,9 @@ def parse_peft(text: str) -> dict:
         if "=" in part or not items:
             items.append(part)
         else:
+    rf.add_argument("--plot", metavar="DIR",
+                    help="also write one PNG per run into DIR (loss per step, buggy vs fixed, "
+                         "where it went wrong marked; needs loradoctor[plot])")
             items[-1] += "," + part
     return parse_kwargs(items, "--peft")
 
@@ -168,7 +171,7 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "reference":
         from .reference.runner import run_reference
-        return run_reference(args.name, as_json=args.json)
+        return run_reference(args.name, as_json=args.json, plot=args.plot)
 
     from . import api
     from .load import parse_kwargs

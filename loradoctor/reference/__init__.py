@@ -22,6 +22,9 @@ class RunOutcome:
     flagged: dict[str, list[str]] = field(default_factory=dict)  # pipeline -> codes found
     verdict: list[str] = field(default_factory=list)  # measured sentences, one per line
     reproduced: bool = True
+    # pipeline -> (step index, what went wrong there), where the curve alone does not show it
+    # (a damaged start trains on); NaN, a crash or a flat loss are found from the curve itself.
+    marks: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

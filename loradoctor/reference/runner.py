@@ -5,19 +5,23 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 from .. import __version__
 from ..findings import jsonable
 from . import select_runs
 
 
-def run_reference(name: str | None, as_json: bool = False) -> int:
+def run_reference(name: str | None, as_json: bool = False, plot: str | None = None) -> int:
     from rich.text import Text
 
     from ..findings import Curve
     from ..render import console, render_view
 
     runs = select_runs(name)
+    if plot is not None:
+        from .plot import require_matplotlib
+        require_matplotlib()  # before minutes of training, not after
     out = console()
     err = console(stderr=True)
     results = []
@@ -31,7 +35,12 @@ def run_reference(name: str | None, as_json: bool = False) -> int:
         elapsed = time.perf_counter() - start
         results.append({"name": run.name, "title": run.title, "reproduced": outcome.reproduced,
                         "curves": outcome.curves, "flagged": outcome.flagged,
-                        "verdict": outcome.verdict, "duration_s": round(elapsed, 2)})
+                        "verdict": outcome.verdict, "marks": outcome.marks,
+                        "duration_s": round(elapsed, 2)})
+        if plot is not None:
+            from .plot import plot_run
+            results[-1]["plot"] = str(plot_run(run.name, run.title, outcome,
+                                               Path(plot) / f"{run.name}.png"))
         if as_json:
             continue
         mark, style = ("✓", "green") if outcome.reproduced else ("✗", "bold red")
@@ -45,6 +54,8 @@ def run_reference(name: str | None, as_json: bool = False) -> int:
                                     ": ", (flagged, "red" if codes else "green")))
         for line in outcome.verdict:
             out.print(Text(f"  {line}"))
+        if plot is not None:
+            out.print(Text.assemble("  plot: ", (results[-1]["plot"], "cyan")))
         out.print()
     ok = all(r["reproduced"] for r in results)
     if as_json:

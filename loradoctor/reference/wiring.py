@@ -133,7 +133,9 @@ def run_closure() -> RunOutcome:
         and "LD201" in flagged[pipelines[2][0]] and "LD201" not in flagged[pipelines[3][0]]
         and fixed_qo["start_diff"] == 0.0 and _falling(fixed_qo["losses"])
     )
-    return RunOutcome(curves, flagged, verdict, reproduced)
+    marks = {pipelines[2][0]: (0, f"garbage from the start: logits {garbage['start_diff']:.3g} "
+                                  f"from the base")} if garbage["start_diff"] else {}
+    return RunOutcome(curves, flagged, verdict, reproduced, marks)
 
 
 def run_init() -> RunOutcome:
@@ -180,7 +182,9 @@ def run_init() -> RunOutcome:
         and len(a_zero["losses"]) == STEPS and len(set(a_zero["losses"])) == 1
         and not a_zero["trained"] and "LD402" in flagged[pipelines[2][0]]
     )
-    return RunOutcome(curves, flagged, verdict, reproduced)
+    marks = {pipelines[1][0]: (0, f"damaged start: logits {b_random['start_diff']:.3g} from "
+                                  f"the base")} if b_random["start_diff"] else {}
+    return RunOutcome(curves, flagged, verdict, reproduced, marks)
 
 
 def _span(losses: list[float]) -> str:
