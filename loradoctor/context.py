@@ -66,6 +66,12 @@ class DatasetContext(_Memo):
     records_given: list | None = None
     dataset_given: Any = None
     batches_given: list | None = None
+    # The model the labels are for (`--model DIR|SPEC`, or a live nn.Module): its loss
+    # convention says which labels are right (`convention`); without one, the HF way.
+    model_dir: Path | None = None
+    model_spec: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
+    model_given: Any = None
     fuzz: int = 0  # --fuzz N: generated conversations through the user's code (masking/fuzz.py)
     seed: int = 0  # --seed S: the fuzz search's seed
 
@@ -74,6 +80,51 @@ class DatasetContext(_Memo):
         if self.tokenizer_given is not None:
             return self.tokenizer_given
         return self.memo("tokenizer", lambda: load.load_tokenizer(self.tokenizer_dir))
+
+    @property
+    def has_model(self) -> bool:
+        return any(x is not None for x in (self.model_dir, self.model_spec, self.model_given))
+
+    @property
+    def model_name(self) -> str:
+        if self.model_given is not None:
+            return type(self.model_given).__name__
+        if self.model_spec is not None:
+            return self.model_spec.rpartition(":")[2]  # NAME: the header names the file
+        return str(self.model_dir)
+
+    @property
+    def convention(self):
+        """How the model's loss reads labels (`model.convention`), measured on a small random
+        batch on the CPU (a live model: where it is); the HF convention when no model is given."""
+        from .model.convention import HF
+
+        def measure():
+            import torch
+
+            from .model.convention import detect
+            from .model.probe import vocab_size
+
+            if self.model_given is not None:
+                model = self.model_given
+            elif self.model_spec is not None:
+                from .model.user_model import build
+                model = build(self.model_spec, self.model_args, "cpu")
+            else:
+                model = load.load_model(self.model_dir, "fp32", "cpu")
+            device = next(model.parameters()).device
+            gen = torch.Generator().manual_seed(0)
+            ids = torch.randint(0, vocab_size(model), (2, 32), generator=gen).to(device)
+            return detect(model, {"input_ids": ids})
+        return self.memo("convention", measure) if self.has_model else HF
+
+    @property
+    def convention_note(self) -> str:
+        conv = self.convention
+        if not conv.measured and not self.has_model:
+            return ("labels read the HF way (assumed, no --model): aligned with input_ids, "
+                    "shifted inside the model, -100 ignored")
+        return f"labels read as {self.model_name} reads them: {conv.describe()}"
 
     @property
     def tokenizer_path(self) -> str | None:
@@ -185,6 +236,10 @@ class DatasetContext(_Memo):
                                  "conversations to label (data=...); a dataset instance, "
                                  "batches or --tokenized rows can be checked alone")
         _ = self.user_dataset
+        if self.has_model:
+            if self.model_dir is not None and self.model_given is None:
+                load.local_dir(self.model_dir, "model")
+            _ = self.convention  # a model that cannot be loaded or built is exit 2
         if self.fuzz:
             from .masking.fuzz import validate
             validate(self)
@@ -221,6 +276,9 @@ class ModelContext(_Memo):
     model_given: Any = None  # a live nn.Module (Python API)
     apply_given: Callable | None = None  # a live apply function (Python API)
     tokenizer_given: Any = None
+    # `--model file.py:NAME` (the user's own model class or function) and its `--model-arg`s.
+    model_spec: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
     # Freeze every non-adapter parameter of the adapted model before the checks, as a training
     # script that freezes the base after the apply function does; undone by `cleanup()`.
     freeze_base: bool = False
@@ -229,7 +287,7 @@ class ModelContext(_Memo):
     def model_name(self) -> str:
         if self.model_given is not None:
             return type(self.model_given).__name__
-        return str(self.model_dir)
+        return self.model_spec or str(self.model_dir)
 
     @property
     def live_adapted(self) -> bool:
@@ -237,7 +295,7 @@ class ModelContext(_Memo):
         return self.model_given is not None and self.apply_fn is None and self.peft_kwargs is None
 
     def validate_inputs(self) -> None:
-        if self.model_given is None:
+        if self.model_given is None and self.model_spec is None:
             load.local_dir(self.model_dir, "model")
         if self.tokenizer_dir is not None:
             load.local_dir(self.tokenizer_dir, "tokenizer")
@@ -247,6 +305,14 @@ class ModelContext(_Memo):
             raise InputError("--apply and --peft: give one of them, not both")
         _ = self.apply_fn
         _ = self.adapted  # applying the user's code is input handling: it raising is exit 2
+        if self.live_adapted:
+            try:  # a model given adapted must at least run forward (it did not pass our apply)
+                _ = self.base_logits
+            except InputError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the user's model raised
+                raise InputError(f"model {self.model_name}: its forward raises "
+                                 f"{load._where(exc)}") from exc
 
     @property
     def apply_fn(self) -> Callable | None:
@@ -277,6 +343,13 @@ class ModelContext(_Memo):
                                  "already adapted")
             import copy
             return copy.deepcopy(self.memo("pristine", lambda: copy.deepcopy(self.model_given)))
+        if self.model_spec is not None:
+            # Built once from the user's code (seeded), then copied: every fresh base is the same.
+            import copy
+
+            from .model.user_model import build
+            return copy.deepcopy(self.memo("pristine", lambda: build(
+                self.model_spec, self.model_args, self.device, self.seed)))
         return load.load_model(self.model_dir, "fp32", self.device)
 
     def fresh_adapted(self):
@@ -307,19 +380,32 @@ class ModelContext(_Memo):
         return self.memo("probe", lambda: probe_batch(self))
 
     @property
+    def convention(self):
+        """How the model is called and how its loss reads labels (`model.convention`), measured
+        on the base model before any adapter exists (a model given adapted: as it is)."""
+        from .model.convention import detect
+        return self.memo("convention", lambda: detect(
+            self.model_given if self.live_adapted else self.base_model, self.probe))
+
+    @property
+    def convention_note(self) -> str:
+        return f"loss convention: {self.convention.describe()}"
+
+    @property
     def base_logits(self):
         """Logits of the base model on the probe batch, taken before any adapter exists."""
         import torch
 
         def compute():
+            from .model.convention import logits
             if self.live_adapted:
                 from .model.apply import logits_without_adapters
-                return logits_without_adapters(self.model_given, self.probe, self.seed)
+                return logits_without_adapters(self.model_given, self.probe, self.seed,
+                                               self.convention)
             model = self.base_model
             with torch.no_grad():
-                out = model(input_ids=self.probe["input_ids"],
-                            attention_mask=self.probe["attention_mask"])
-            return out.logits.detach().clone()  # (B, T, V)
+                out = logits(model, self.probe, self.convention)
+            return out.detach().clone()  # (B, T, V)
         return self.memo("base_logits", compute)
 
     @property

@@ -93,8 +93,22 @@ def load_model(path: str | Path, dtype: str = "fp32", device: str = "cpu"):
         model = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch_dtype(dtype),
                                                      local_files_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"model {path}: cannot be loaded: {_one_line(exc)}") from exc
+        raise InputError(f"model {path}: cannot be loaded: {_one_line(exc)}"
+                         f"{_own_class_hint(d)}") from exc
     return model.to(device).eval()
+
+
+def _own_class_hint(d: Path) -> str:
+    """For a `model_type` transformers does not know: how to pass the user's own class."""
+    try:
+        from transformers import CONFIG_MAPPING
+        model_type = json.loads((d / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except Exception:  # noqa: BLE001 - no hint is better than a second error
+        return ""
+    if not model_type or model_type in CONFIG_MAPPING:
+        return ""
+    return (f"; model_type {model_type!r} is your own architecture: pass its class, e.g. "
+            f"--model path/to/model.py:YourForCausalLM --model-arg path={d}")
 
 
 # --- user code from a SPEC ---------------------------------------------------------------
@@ -314,6 +328,9 @@ def _where(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     ours = str(Path(__file__).resolve().parent)
     user = [f for f in frames if "importlib" not in f.filename and not f.filename.startswith(ours)]
+    # The user's own file rather than the library frame the error surfaced in (torch's linear).
+    own = [f for f in user if "site-packages" not in f.filename and "dist-packages" not in f.filename]
+    user = own or user
     where = f" (at {user[-1].filename}:{user[-1].lineno})" if user else ""
     if isinstance(exc, SyntaxError) and exc.filename:
         where = f" (at {exc.filename}:{exc.lineno})"
