@@ -42,7 +42,9 @@ def preserved(model: nn.Module, values: Iterable[torch.Tensor] = (), *,
               seed: int | None = 0) -> Iterator[None]:
     """Restore `values` (by copy, in place), grads, requires_grad, modes and RNG after the block."""
     params = list(model.parameters())
-    grads = [(p, p.grad) for p in params]
+    # backward() accumulates into an existing .grad in place: keep its values, not only the
+    # tensor, and put both back (the same tensor object, holding the same numbers).
+    grads = [(p, p.grad, None if p.grad is None else p.grad.detach().clone()) for p in params]
     flags = [(p, p.requires_grad) for p in params]
     modes = [(m, m.training) for m in model.modules()]
     seen: set[int] = set()
@@ -59,7 +61,10 @@ def preserved(model: nn.Module, values: Iterable[torch.Tensor] = (), *,
         with torch.no_grad():
             for t, copy in saved:
                 t.copy_(copy)
-        for p, g in grads:
+        for p, g, kept in grads:
+            if g is not None:
+                with torch.no_grad():
+                    g.copy_(kept)
             p.grad = g
         for p, flag in flags:
             if p.requires_grad != flag:
