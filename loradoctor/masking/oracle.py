@@ -116,7 +116,23 @@ class Oracle:
     def encode(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
         """Token ids and character offsets, as `tokenizer(text, add_special_tokens=False)`."""
         if self.backend is not None:
-            encs = self.backend.encode_batch(texts, add_special_tokens=False)
+            # The backend's padding and truncation are state that persists after a call: the
+            # user's dataset code (`tokenizer(text, padding="max_length", max_length=N)`) or
+            # their own settings would pad or cut the truth. Set aside for the call, then put
+            # back as found.
+            b = self.backend
+            padding, truncation = b.padding, b.truncation
+            if padding is not None:
+                b.no_padding()
+            if truncation is not None:
+                b.no_truncation()
+            try:
+                encs = b.encode_batch(texts, add_special_tokens=False)
+            finally:
+                if padding is not None:
+                    b.enable_padding(**padding)
+                if truncation is not None:
+                    b.enable_truncation(**truncation)
             return [(e.ids, e.offsets) for e in encs]
         out = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
         return list(zip(out["input_ids"], out["offset_mapping"]))
