@@ -159,6 +159,9 @@ class StructureOracle:
             return Variant(False, f"the tokenizer's template cannot render its turns ({exc})")
         start = text.find(own[:16]) if own else -1
         body = text[start:] if start > 0 else text
+        bos = self.facts.bos_token
+        if bos and own.startswith(bos) and body.startswith(bos + bos):
+            body = body[len(bos):]  # a doubled BOS is LD109's finding, not a template variant
         if body.startswith(own) or own.startswith(body):
             return Variant(True)
         n = 0
