@@ -104,10 +104,20 @@ def logits_without_adapters(model, probe, seed: int = 0):
 
     adapters = discover(model).adapters
     factors = [a.B for a in adapters]
-    with preserved(model, factors, seed=seed), torch.no_grad():
-        model.eval()
-        for a in adapters:
-            a.B.zero_()
-        out = model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"])
-        logits = out.logits if hasattr(out, "logits") else out[0]
-        return logits.detach().clone()  # (B, T, V)
+    # A forward patched on the instance by hand-written LoRA (`module.forward = ...`) is set
+    # aside for the call: with B zeroed the layer's own class forward is its base, and a wrong
+    # patch (closure-aliased: another layer's weights, a shape crash) must not stand in for
+    # the base model; LD201/LD401 then judge the patched forward against it, as from the CLI.
+    hosts = {id(a.host): a.host for a in adapters if a.style != "peft"}
+    patched = [(m, m.__dict__.pop("forward")) for m in hosts.values() if "forward" in m.__dict__]
+    try:
+        with preserved(model, factors, seed=seed), torch.no_grad():
+            model.eval()
+            for a in adapters:
+                a.B.zero_()
+            out = model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"])
+            logits = out.logits if hasattr(out, "logits") else out[0]
+            return logits.detach().clone()  # (B, T, V)
+    finally:
+        for m, forward in patched:
+            m.forward = forward
