@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
                                     "your own labelling code against the chat template.")
     ds.add_argument("data", metavar="DATA", help="JSON Lines file (or a .json list) of chats")
     ds.add_argument("--tokenizer", required=True, metavar="TOK", help="local tokenizer directory")
+    ds.add_argument("--model", metavar="MODEL", help="the model the labels are for (a directory "
+                    "or your model code, file.py:NAME): its loss is measured (does it shift "
+                    "labels, which index does it ignore) and labels are judged by it (default: "
+                    "the HF convention)")
+    ds.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="keyword argument for --model file.py:NAME (repeatable)")
     ds.add_argument("--dataset", metavar="SPEC",
                     help="your dataset class or labelling function: file.py:NAME or pkg.mod:NAME")
     ds.add_argument("--max-length", type=int, metavar="N", help="the max length you train with")
@@ -80,7 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     md = sub.add_parser("check-model", help="your LoRA code (or PEFT) on a real model",
                         description="Apply your LoRA code to a local model and check wiring, "
                                     "identity start, training signal, numerics and persistence.")
-    md.add_argument("--model", required=True, metavar="MODEL", help="local model directory")
+    md.add_argument("--model", required=True, metavar="MODEL",
+                    help="local model directory, or your model code: file.py:NAME (a function "
+                         "returning the model, a PreTrainedModel subclass, an nn.Module class)")
+    md.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="keyword argument for --model file.py:NAME (repeatable; path=DIR loads a "
+                         "PreTrainedModel subclass with from_pretrained)")
     md.add_argument("--apply", metavar="SPEC", help="your apply function: file.py:NAME")
     md.add_argument("--apply-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="keyword argument for the apply function (repeatable)")
@@ -121,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     rf = sub.add_parser("reference", help="the reference training runs (buggy vs fixed)")
     rf.add_argument("name", nargs="?", metavar="NAME")
     rf.add_argument("--json", action="store_true", help="write one JSON object to stdout")
+    rf.add_argument("--plot", metavar="DIR",
+                    help="also write one PNG per run into DIR (loss per step, buggy vs fixed, "
+                         "where it went wrong marked; needs loradoctor[plot])")
     return parser
 
 
@@ -132,9 +146,6 @@ def parse_peft(text: str) -> dict:
         if "=" in part or not items:
             items.append(part)
         else:
-    rf.add_argument("--plot", metavar="DIR",
-                    help="also write one PNG per run into DIR (loss per step, buggy vs fixed, "
-                         "where it went wrong marked; needs loradoctor[plot])")
             items[-1] += "," + part
     return parse_kwargs(items, "--peft")
 
@@ -180,7 +191,8 @@ def _dispatch(args) -> int:
     if args.command == "check-dataset":
         inputs = dict(data=args.data, tokenizer=args.tokenizer, dataset=args.dataset,
                       max_length=args.max_length, show=args.show, workers=args.workers,
-                      tokenized=args.tokenized, fuzz=args.fuzz, seed=args.seed)
+                      tokenized=args.tokenized, fuzz=args.fuzz, seed=args.seed,
+                      model=args.model, model_args=parse_kwargs(args.model_arg, "--model-arg"))
     elif args.command == "check-adapter":
         inputs = dict(adapter=args.adapter, model=args.model, apply=args.apply,
                       device=args.device)
@@ -189,7 +201,8 @@ def _dispatch(args) -> int:
                       peft=args.peft, data=args.data,
                       tokenizer=args.tokenizer, dtypes=args.dtypes, device=args.device,
                       train_steps=args.train_steps, fp16_headroom=args.fp16_headroom,
-                      freeze_base=args.freeze_base)
+                      freeze_base=args.freeze_base,
+                      model_args=parse_kwargs(args.model_arg, "--model-arg"))
     inputs.update(select=args.select, ignore=args.ignore, command=args.command)
     err = console(stderr=True)
     show_progress = err.is_terminal and not args.json

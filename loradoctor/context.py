@@ -115,8 +115,13 @@ class DatasetContext(_Memo):
             device = next(model.parameters()).device
             gen = torch.Generator().manual_seed(0)
             ids = torch.randint(0, vocab_size(model), (2, 32), generator=gen).to(device)
-            return detect(model, {"input_ids": ids})
-        return self.memo("convention", measure) if self.has_model else HF
+            conv = detect(model, {"input_ids": ids})
+            self.summary["loss_convention"] = conv.to_dict()
+            return conv
+        if not self.has_model:
+            self.summary.setdefault("loss_convention", HF.to_dict())
+            return HF
+        return self.memo("convention", measure)
 
     @property
     def convention_note(self) -> str:
@@ -383,9 +388,12 @@ class ModelContext(_Memo):
     def convention(self):
         """How the model is called and how its loss reads labels (`model.convention`), measured
         on the base model before any adapter exists (a model given adapted: as it is)."""
-        from .model.convention import detect
-        return self.memo("convention", lambda: detect(
-            self.model_given if self.live_adapted else self.base_model, self.probe))
+        def measure():
+            from .model.convention import detect
+            conv = detect(self.model_given if self.live_adapted else self.base_model, self.probe)
+            self.summary["loss_convention"] = conv.to_dict()
+            return conv
+        return self.memo("convention", measure)
 
     @property
     def convention_note(self) -> str:

@@ -6,14 +6,15 @@ Order matters: it is the order of the doctor view. A new rule is added to its mo
 
 from __future__ import annotations
 
-from .checks import (artifact, fuzz, init, masking, numerics, persistence, records, tool, watch,
-                     wiring)
+from .checks import (artifact, fuzz, init, labels, masking, numerics, persistence, records, tool,
+                     watch, wiring)
 from .errors import InputError
 from .rules import Rule
 
 TOOL_RULES: list[Rule] = list(tool.RULES)
 # `--fuzz` failures land under the masking rule they break (checks/fuzz.py), hence the wrap.
-DATASET_RULES: list[Rule] = [*records.RULES, *fuzz.with_fuzz(masking.RULES), *fuzz.RULES]
+DATASET_RULES: list[Rule] = [*records.RULES, *fuzz.with_fuzz(masking.RULES), *labels.RULES,
+                             *fuzz.RULES]
 MODEL_RULES: list[Rule] = [*wiring.RULES, *init.RULES, *numerics.RULES, *persistence.RULES]
 ADAPTER_RULES: list[Rule] = list(artifact.RULES)  # check-adapter: the saved artifact
 # Read step by step while training runs (model/watch.py), not by a check-* command.

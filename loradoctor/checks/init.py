@@ -445,6 +445,8 @@ def no_training_signal(ctx) -> Outcome:
     """
     import torch
 
+    from ..model.convention import call
+    from ..model.convention import loss as loss_of
     from ..model.measurements import adapters_or_skip, discovery, module_probe
     from ..model.safety import preserved
     from ..model.training import TRAIN_LR, train
@@ -461,13 +463,12 @@ def no_training_signal(ctx) -> Outcome:
     base = [(n, p) for n, p in model.named_parameters() if id(p) not in adapter_ids]
     fingerprint = {n: _fingerprint(p) for n, p in base}
     with preserved(model, [*trainable, *factors], seed=ctx.seed):
-        run = train(model, ctx.probe, steps)
+        run = train(model, ctx.probe, steps, convention=ctx.convention)
         final = None
         if run.error is None and run.losses:
             with torch.no_grad():
-                out = model(input_ids=ctx.probe["input_ids"],
-                            attention_mask=ctx.probe["attention_mask"], labels=ctx.probe["labels"])
-                final = float((out.loss if hasattr(out, "loss") else out[0]).detach())
+                out = call(model, ctx.probe, ctx.convention, labels=True)
+                final = float(loss_of(out, ctx.probe, ctx.convention).detach())
         changed_b = [a for a in adapters if not torch.equal(a.B.detach(), before[id(a.B)])]
         changed_a = [a for a in adapters if not torch.equal(a.A.detach(), before[id(a.A)])]
         changed = [a for a in adapters if a in changed_a or a in changed_b]

@@ -369,7 +369,9 @@ def labels_shifted_by_hand(ctx) -> Outcome:
     ## What it does
     Looks at every supervised position of your labels: when most hold the *next* input id
     (`labels[t] == input_ids[t + 1]`) rather than the same one, or `labels` is
-    `input_ids[1:]`, the labels were shifted by hand.
+    `input_ids[1:]`, the labels were shifted by hand. With `--model`, the model's loss is
+    measured first: for a model that does not shift (nanoGPT's `forward(idx, targets)`) a
+    hand shift is right, and LD116 checks the opposite mistake.
 
     ## Why is this bad?
     transformers' causal LMs shift `labels` inside `forward()` (logits at t are scored against
@@ -389,6 +391,10 @@ def labels_shifted_by_hand(ctx) -> Outcome:
     a = analysis(ctx)
     c = _needs_dataset(a)
     bad = c.shifted
+    conv = getattr(ctx, "convention", None)
+    if conv is not None and conv.has_loss and not conv.shifts:
+        return Outcome(summary=f"{bad.count} of {c.samples} samples shift labels by hand, which "
+                               f"{ctx.model_name} needs: it does not shift (see LD116)")
     findings = []
     if bad:
         findings.append(labels_shifted_by_hand.finding(

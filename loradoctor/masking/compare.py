@@ -1,6 +1,8 @@
 """The user's `(input_ids, labels)` against the oracle, sample by sample.
 
-Per sample: undo a hand-made shift of the labels (and record it), drop padding, align the
+Per sample: read every negative label as masked (the value recorded: -100 for transformers'
+loss, -1 for nanoGPT's, LD117), undo a hand-made shift of the labels (and record it, or that
+there is none: LD106, LD116), drop padding, align the
 user's ids with the template's (allowing a doubled BOS, an added BOS, a missing preamble, left
 or right padding, right truncation), then compare label masks position by position. Each
 disagreement is classified by what the oracle says the token is: prompt text (system, user,
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import InputError
 from ..findings import TokenView
@@ -38,6 +40,7 @@ class SampleDiff:
     n_user: int = 0
     n_supervised: int = 0
     shifted: bool = False
+    labels_aligned: bool = False  # most supervised labels are the input id at their position
     double_bos: bool = False
     aligned: bool = False
     truncated: bool = False
@@ -91,6 +94,8 @@ class Comparison:
     eot_missing: int = 0
     eot_missing_as_pad: int = 0
     shifted: Lines = field(default_factory=Lines)
+    unshifted: Lines = field(default_factory=Lines)  # supervising, labels aligned with input_ids
+    mask_values: dict[int, Lines] = field(default_factory=dict)  # negative label -> samples
     truncated_all: Lines = field(default_factory=Lines)
     truncated_part: Lines = field(default_factory=Lines)
     cut_tokens: int = 0
@@ -133,6 +138,14 @@ def effective_labels(item: Item) -> tuple[list[int], list[bool], bool] | None:
     return ids, mask, True
 
 
+def labels_aligned(item: Item) -> bool:
+    """Most supervised labels equal the input id at their own position (`labels[t] ==
+    input_ids[t]`): right for a model that shifts inside, a copy task for one that does not."""
+    sup = [t for t, y in enumerate(item.labels) if y != IGNORE_INDEX and t < len(item.ids)]
+    same = sum(1 for t in sup if item.labels[t] == item.ids[t])
+    return bool(sup) and same >= 0.5 * len(sup)
+
+
 class Comparer:
     """Compares one sample at a time and aggregates; views go to the first `show` failures."""
 
@@ -162,6 +175,7 @@ class Comparer:
         """Compare one sample: with `sample` (the record's rendering) or, without, its own tokens."""
         res = self.result
         res.samples += 1
+        item = self._read_masks(line, item)
         diff = self._new_diff(line, location, item)
         if diff.n_supervised == 0:
             res.no_supervised.add(line)
@@ -183,6 +197,7 @@ class Comparer:
             return
         ids, mask, shifted = eff
         diff.shifted = shifted
+        diff.labels_aligned = not shifted and labels_aligned(item)
         self._current = (ids, mask, None)
         if sample is not None:
             self._compare(diff, ids, mask, item.attention, sample)
@@ -194,6 +209,7 @@ class Comparer:
             self._record_differ(diff)
             diff = self._new_diff(line, location, item)
             diff.shifted = shifted
+            diff.labels_aligned = not shifted and labels_aligned(item)
         own = self.structure.sample(self._content(ids, item.attention))
         if isinstance(own, Truth):
             res.unexplained.add(line)
@@ -216,6 +232,21 @@ class Comparer:
         diff.cut_in_turn = bool(turns) and turns[-1].eot_start is None \
             and self.facts.end_of_turn is not None
         self._aggregate(diff, own)
+
+    def _read_masks(self, line: int, item: Item) -> Item:
+        """Every negative label marks a position that is not supervised (-100, nanoGPT's -1):
+        each value is recorded with the samples that use it (LD117 holds it against the
+        model's loss), then read as -100, the marker the comparison works with. Labels made
+        here from a mask (MiniMind's loss_mask, TRL's assistant_masks) are not the user's."""
+        marks = {y for y in item.labels if y < 0}
+        if not marks:
+            return item
+        if item.mask_from is None:
+            for value in sorted(marks):
+                self.result.mask_values.setdefault(value, Lines()).add(line)
+        if marks == {IGNORE_INDEX}:
+            return item
+        return replace(item, labels=[IGNORE_INDEX if y < 0 else y for y in item.labels])
 
     def _new_diff(self, line: int, location: str, item: Item) -> SampleDiff:
         return SampleDiff(line, location, n_user=len(item.ids),
@@ -360,6 +391,8 @@ class Comparer:
         line = diff.line
         if diff.shifted:
             res.shifted.add(line)
+        elif diff.labels_aligned:
+            res.unshifted.add(line)
         if diff.double_bos:
             res.double_bos.add(line)
         if diff.differ:

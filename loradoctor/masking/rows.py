@@ -34,15 +34,19 @@ class Row:
 
 
 def _row(raw: Any, line: int, location: str) -> Row:
+    made = None  # the mask the labels were made from here
     if isinstance(raw, Mapping) and "labels" not in raw and "input_ids" in raw:
-        key = next((k for k in MASK_KEYS if k in raw), None)
-        if key is not None:
-            ids, mask = _list(raw["input_ids"]), _list(raw[key])
+        made = next((k for k in MASK_KEYS if k in raw), None)
+        if made is not None:
+            ids, mask = _list(raw["input_ids"]), _list(raw[made])
             raw = {**raw, "labels": [t if m else IGNORE_INDEX for t, m in zip(ids, mask)]}
     try:
-        return Row(line, location, to_item(raw, location))
+        item = to_item(raw, location)
     except InputError as exc:
         return Row(line, location, None, str(exc).removeprefix(f"{location} "))
+    if made is not None:
+        item.mask_from = made
+    return Row(line, location, item)
 
 
 def _list(value: Any) -> list:

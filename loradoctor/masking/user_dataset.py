@@ -32,6 +32,7 @@ class Item:
     ids: list[int]
     labels: list[int]
     attention: list[int] | None = None
+    mask_from: str | None = None  # the labels' -100s were made here from this mask, not written
 
 
 class UserData:
@@ -161,9 +162,11 @@ def to_item(raw: Any, where: str) -> Item:
         if values is not None and len(values) == len(ids) and set(values) <= {0, 1}:
             attention = values
         if values is not None and len(values) == len(labels) and set(values) <= {0, 1} \
-                and IGNORE_INDEX not in labels:
-            # MiniMind-style (X, Y, loss_mask): the mask says which labels count.
-            labels = [y if m else IGNORE_INDEX for y, m in zip(labels, values)]
+                and min(labels, default=0) >= 0:
+            # MiniMind-style (X, Y, loss_mask): the mask says which labels count (labels that
+            # carry their own marker, -100 or -1, are masked already).
+            return Item(ids, [y if m else IGNORE_INDEX for y, m in zip(labels, values)],
+                        attention, mask_from="loss_mask")
     return Item(ids, labels, attention)
 
 

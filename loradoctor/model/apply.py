@@ -58,7 +58,12 @@ def _apply_peft(model, peft_kwargs):
     if isinstance(target, str) and target != "all-linear" and "," in target:
         kwargs["target_modules"] = [t.strip() for t in target.split(",")]
     try:
-        config = LoraConfig(task_type="CAUSAL_LM", **kwargs)
+        # PEFT's CAUSAL_LM wrapper calls its model with transformers' keywords (input_ids,
+        # labels, ...); the user's own nn.Module (nanoGPT's forward(idx, targets)) gets the
+        # plain wrapper, which passes the call through as it is.
+        from transformers import PreTrainedModel
+        task = {"task_type": "CAUSAL_LM"} if isinstance(model, PreTrainedModel) else {}
+        config = LoraConfig(**task, **kwargs)
         return get_peft_model(model, config)
     except Exception as exc:  # noqa: BLE001
         raise InputError(f"--peft {peft_kwargs}: {type(exc).__name__}: {exc}") from exc
@@ -95,11 +100,13 @@ def fresh_copy(model, seed: int = 0):
     return fresh
 
 
-def logits_without_adapters(model, probe, seed: int = 0):
-    """The model's logits on the probe batch with every adapter's B zeroed for the call."""
+def logits_without_adapters(model, probe, seed: int = 0, conv=None):
+    """The model's logits on the probe batch with every adapter's B zeroed for the call
+    (called as `conv`, its `model.convention`, says; transformers' way by default)."""
     import torch
 
     from .adapters import discover
+    from .convention import HF, logits
     from .safety import preserved
 
     adapters = discover(model).adapters
@@ -115,9 +122,7 @@ def logits_without_adapters(model, probe, seed: int = 0):
             model.eval()
             for a in adapters:
                 a.B.zero_()
-            out = model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"])
-            logits = out.logits if hasattr(out, "logits") else out[0]
-            return logits.detach().clone()  # (B, T, V)
+            return logits(model, probe, conv or HF).detach().clone()  # (B, T, V)
     finally:
         for m, forward in patched:
             m.forward = forward

@@ -16,7 +16,9 @@
   `W + scaling * B @ A` merged into its base weights (LD502).
 
 Everything that perturbs runs inside `safety.preserved`, so the user's model comes back
-exactly as it was: values, grads, requires_grad flags, modes and RNG states.
+exactly as it was: values, grads, requires_grad flags, modes and RNG states. Every forward
+goes through `convention` (`ctx.convention`): how this model is called, where its logits
+are, and how its loss reads the probe's labels.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 
+from . import convention as conv_
 from .adapters import Adapter, Discovery, canonical, discover, forward_refs
 from ..rules import SkipCheck
 from .safety import preserved, rng_preserved
@@ -382,9 +385,8 @@ def adapted_forward(ctx) -> ForwardResult:
     return ctx.memo("adapted_forward", lambda: _adapted_forward(ctx))
 
 
-def _logits(model, probe):
-    out = model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"])
-    return out.logits if hasattr(out, "logits") else out[0]
+def _logits(model, probe, conv=conv_.HF):
+    return conv_.logits(model, probe, conv)  # (B, T, V)
 
 
 def _adapted_forward(ctx) -> ForwardResult:
@@ -394,7 +396,7 @@ def _adapted_forward(ctx) -> ForwardResult:
     with preserved(model, seed=ctx.seed), torch.no_grad():
         model.eval()
         try:
-            logits = _logits(model, ctx.probe)
+            logits = _logits(model, ctx.probe, ctx.convention)
         except Exception as exc:  # noqa: BLE001 - explained by LD201/LD401
             res.error = one_line(exc)
             return res
@@ -425,7 +427,7 @@ def _layer_deltas(ctx, model) -> list[tuple[str, float]]:
             deltas[a.name] = max(deltas.get(a.name, 0.0), float((out - ref).abs().max()))
         handles.append(a.host.register_forward_hook(hook))
     try:
-        _logits(model, ctx.probe)
+        _logits(model, ctx.probe, ctx.convention)
     except Exception:  # noqa: BLE001 - the first forward ran; this one is only for locating
         pass
     finally:
@@ -470,9 +472,8 @@ def _gradients(ctx) -> GradResult:
         try:
             for t in tensors:
                 t.grad = None
-            out = model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"],
-                        labels=probe["labels"])
-            loss = out.loss if hasattr(out, "loss") else out[0]
+            out = conv_.call(model, probe, ctx.convention, labels=True)
+            loss = conv_.loss(out, probe, ctx.convention)
             res.loss = float(loss.detach())
             if not named or not loss.requires_grad:
                 res.grad_max = {id(p): None for _, p in named}
@@ -576,7 +577,7 @@ def _persistence(ctx) -> Persistence:
                 perturbed[k] = (a.a_matrix().detach().float().cpu().clone(),
                                 a.b_matrix().detach().float().cpu().clone())
             try:
-                reference = _logits(model, ctx.probe).float()  # (B, T, V)
+                reference = _logits(model, ctx.probe, ctx.convention).float()  # (B, T, V)
             except Exception as exc:  # noqa: BLE001
                 res.error = one_line(exc)
                 return res
@@ -613,12 +614,13 @@ def _persistence(ctx) -> Persistence:
             res.unexpected_keys = list(result.unexpected_keys)
             back = _restoration(keys, adapters, fresh_adapters, perturbed, initial)
             res.not_restored, res.rounded = back["lost"], back["rounded"]
-            res.roundtrip_diff = _max_diff(fresh, ctx.probe, reference)
+            res.roundtrip_diff = _max_diff(fresh, ctx.probe, reference, ctx.convention)
 
             if load_fn is not None:
                 res.user_roundtrip = _user_roundtrip(fresh, fresh_adapters, initial, load_fn,
                                                      save_fn, tmp, user_error, keys, adapters,
-                                                     perturbed, ctx.probe, reference)
+                                                     perturbed, ctx.probe, reference,
+                                                     ctx.convention)
             # Merge: W + scaling * B @ A into the fresh copy's base weights, adapters zeroed.
             try:
                 for k, a in zip(keys, adapters):
@@ -631,15 +633,15 @@ def _persistence(ctx) -> Persistence:
                     w.copy_(merged.to(w.device, w.dtype))
                     fa.set_factors(A.to(fa.A.device, fa.A.dtype),
                                    torch.zeros_like(B).to(fa.B.device, fa.B.dtype))
-                res.merge_diff = _max_diff(fresh, ctx.probe, reference)
+                res.merge_diff = _max_diff(fresh, ctx.probe, reference, ctx.convention)
             except Exception as exc:  # noqa: BLE001
                 res.merge_error = one_line(exc)
         del fresh, reference
     return res
 
 
-def _max_diff(model, probe, reference) -> float:
-    return max_abs_diff(_logits(model, probe), reference)
+def _max_diff(model, probe, reference, conv=conv_.HF) -> float:
+    return max_abs_diff(_logits(model, probe, conv), reference)
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -703,7 +705,7 @@ def _restoration(keys, adapters, fresh_adapters, perturbed, initial) -> dict[str
 
 
 def _user_roundtrip(fresh, fresh_adapters, initial, load_fn, save_fn, tmp, user_error,
-                    keys, adapters, perturbed, probe, reference) -> dict:
+                    keys, adapters, perturbed, probe, reference, conv=conv_.HF) -> dict:
     out = {"save": save_fn.__name__, "load": load_fn.__name__, "error": user_error}
     if user_error is not None:
         return out
@@ -718,7 +720,7 @@ def _user_roundtrip(fresh, fresh_adapters, initial, load_fn, save_fn, tmp, user_
     back = _restoration(keys, adapters, fresh_adapters, perturbed, initial)
     out["not_restored"], out["rounded"] = back["lost"], back["rounded"]
     out["rounded_as"], out["max_rel_error"] = back["rounded_as"], back["max_rel_error"]
-    out["diff"] = _max_diff(fresh, probe, reference)
+    out["diff"] = _max_diff(fresh, probe, reference, conv)
     for n, fa in fresh_adapters.items():
         fa.set_factors(*initial[n])
     return out

@@ -3,13 +3,20 @@
 From the user's data through the tokenizer's chat template when given, else from a few
 built-in chat turns through a tokenizer beside the model, else random token ids under a fixed
 seed: a model directory without a tokenizer is normal and must work. Labels are the input ids
-(every position supervised), which is what a gradient-flow probe needs.
+(every position supervised), which is what a gradient-flow probe needs; they are aligned with
+`input_ids` the HF way, and `model.convention` hands them to a model that reads them otherwise.
+
+The user's own model (`--model file.py:NAME`) may have no `config.vocab_size` and a context
+shorter than the probe (nanoGPT's `block_size`): the vocabulary is read from its config, its
+own attributes or its embedding, and the probe is cut to the longest input it takes.
 """
 
 from __future__ import annotations
 
 from itertools import islice
 from typing import Any
+
+from ..errors import InputError
 
 BUILTIN_CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"},
@@ -30,7 +37,9 @@ def probe_batch(ctx) -> dict[str, Any]:
 
     batch, length = ctx.probe_shape
     tok = ctx.tokenizer
-    vocab = ctx.base_model.config.vocab_size
+    model = ctx.base_model
+    vocab = vocab_size(model)
+    length = min(length, max_length(model) or length)
     if tok is not None and getattr(tok, "chat_template", None):
         if ctx.data is not None:
             from ..load import read_records
@@ -53,3 +62,36 @@ def probe_batch(ctx) -> dict[str, Any]:
     input_ids = input_ids.to(ctx.device)
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
             "labels": input_ids.clone(), "source": source}
+
+
+VOCAB_NAMES = ("vocab_size", "n_vocab", "num_tokens", "ntoken")
+LENGTH_NAMES = ("block_size", "max_position_embeddings", "n_positions", "max_seq_len",
+                "max_seq_length", "context_length", "n_ctx", "seq_len")
+
+
+def vocab_size(model) -> int:
+    """The model's vocabulary: its config's, its own attribute, else its input embedding's rows."""
+    for holder in (getattr(model, "config", None), model):
+        for name in VOCAB_NAMES:
+            n = getattr(holder, name, None)
+            if isinstance(n, int) and n > 0:
+                return n
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    if emb is None:
+        from torch import nn
+        emb = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+    if emb is None:
+        raise InputError(f"model {type(model).__name__}: no vocab_size in its config and no "
+                         f"nn.Embedding, so no token ids can be drawn for the probe batch")
+    return int(emb.num_embeddings)
+
+
+def max_length(model) -> int | None:
+    """The longest input the model takes (`block_size`, `max_position_embeddings`), or None."""
+    for holder in (getattr(model, "config", None), model):
+        for name in LENGTH_NAMES:
+            n = getattr(holder, name, None)
+            if isinstance(n, int) and n > 1:
+                return n
+    return None

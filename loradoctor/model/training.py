@@ -2,7 +2,9 @@
 
 Used by LD406 (`check-model --train-steps N`, on the user's adapted model, restored after)
 and by the reference runs (on their own models). The loop is the plain one people write:
-forward with labels, `loss.backward()`, `optimizer.step()`, `optimizer.zero_grad()`.
+forward with labels, `loss.backward()`, `optimizer.step()`, `optimizer.zero_grad()`. The
+forward and its loss go through `convention` (transformers' keywords and loss by default, or
+what `convention.detect` measured on the user's own model).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+
+from . import convention as conv_
 
 TRAIN_LR = 1e-3  # high enough that a few steps on one batch visibly move the loss
 
@@ -25,7 +29,8 @@ class TrainRun:
         return all(math.isfinite(x) for x in self.losses)
 
 
-def train(model, batch: dict, steps: int, params=None, lr: float = TRAIN_LR) -> TrainRun:
+def train(model, batch: dict, steps: int, params=None, lr: float = TRAIN_LR,
+          convention: conv_.LossConvention = conv_.HF) -> TrainRun:
     """Run `steps` AdamW steps (params: the trainable parameters unless given). Never raises."""
     run = TrainRun()
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
@@ -36,9 +41,8 @@ def train(model, batch: dict, steps: int, params=None, lr: float = TRAIN_LR) -> 
     model.train()
     for step in range(steps):
         try:
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                        labels=batch["labels"])
-            loss = out.loss if hasattr(out, "loss") else out[0]
+            out = conv_.call(model, batch, convention, labels=True)
+            loss = conv_.loss(out, batch, convention)
             run.losses.append(float(loss.detach()))
             loss.backward()
             opt.step()

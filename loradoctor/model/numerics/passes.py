@@ -23,7 +23,8 @@ original's weights. While a pass runs, the model holds one cast copy of its floa
 A pass is `model.to(dtype)` semantics: every floating parameter and buffer in that dtype
 (base and adapters alike), the loss as the model computes it (Hugging Face upcasts logits to
 fp32 for the loss), no autocast and no loss scaling: what a "load in fp16 and train" run does
-on its first step. The model runs in eval mode (no dropout) so that dtypes are compared on the
+on its first step. The model is called, and its labels given, the way its own convention
+says (`model.convention`: transformers' keywords, or nanoGPT's `idx`/`targets`). The model runs in eval mode (no dropout) so that dtypes are compared on the
 same computation.
 """
 
@@ -34,6 +35,9 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from ..convention import HF, LossConvention, call, logits_of, scored_loss
+from ..convention import loss as model_loss
 
 FP16_MAX = 65504.0  # the largest finite fp16 value
 FP16_TINY = 2.0 ** -24  # the smallest fp16 subnormal: a value below half of it rounds to zero
@@ -397,21 +401,14 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def _loss_of(out, logits, labels):
-    import torch.nn.functional as F
-
-    loss = getattr(out, "loss", None)
-    if loss is not None:
-        return loss
-    # A model without a built-in loss: next-token cross-entropy in fp32, as HF computes it.
-    shift = logits[:, :-1].float().reshape(-1, logits.shape[-1])  # (B*(T-1), V)
-    return F.cross_entropy(shift, labels[:, 1:].reshape(-1), ignore_index=-100)
-
-
 def run_pass(model, probe: dict, dtype: str, device: str, trainable: list[tuple[str, Any]],
-             stride: int, ref: _Reference | None) -> tuple[DtypePass, _Reference | None, dict]:
+             stride: int, ref: _Reference | None,
+             conv: LossConvention = HF) -> tuple[DtypePass, _Reference | None, dict]:
     """One forward+backward of `model` cast to `dtype`; returns the pass, the fp32 reference
-    (when `ref` is None, i.e. this is the fp32 pass) and the sampled trainable gradients."""
+    (when `ref` is None, i.e. this is the fp32 pass) and the sampled trainable gradients.
+
+    A model without a loss of its own is scored with next-token cross-entropy in fp32, as
+    transformers computes it (`convention.loss`)."""
     import torch
 
     from ...load import torch_dtype
@@ -424,10 +421,9 @@ def run_pass(model, probe: dict, dtype: str, device: str, trainable: list[tuple[
     start = time.perf_counter()
     try:
         with cast_in_place(model, torch_dtype(dtype)), recorder:
-            out = model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"],
-                        labels=probe["labels"], use_cache=False)
-            logits = out.logits  # (B, T, V)
-            loss = _loss_of(out, logits, probe["labels"])
+            out = call(model, probe, conv, labels=True, use_cache=False)
+            logits = logits_of(out, tuple(probe["input_ids"].shape))  # (B, T, V)
+            loss = model_loss(out, probe, conv, logits)
             del out
             result.loss = float(loss.detach())
             if ref is None:
@@ -437,7 +433,7 @@ def run_pass(model, probe: dict, dtype: str, device: str, trainable: list[tuple[
             else:
                 _compare_logits(result, logits.detach(), ref)
             if dtype != "fp32":
-                result.loss_in_dtype = _loss_in_dtype(logits.detach(), probe["labels"])
+                result.loss_in_dtype = _loss_in_dtype(logits.detach(), probe, conv)
             del logits
             if loss.requires_grad:
                 loss.backward()
@@ -456,13 +452,11 @@ def run_pass(model, probe: dict, dtype: str, device: str, trainable: list[tuple[
     return result, new_ref, grads
 
 
-def _loss_in_dtype(logits, labels) -> float | None:
-    """Next-token cross-entropy computed in the logits' own dtype (no upcast)."""
-    import torch.nn.functional as F
-
+def _loss_in_dtype(logits, probe, conv: LossConvention = HF) -> float | None:
+    """Cross-entropy computed in the logits' own dtype (no upcast), read as the model reads
+    its labels (next-token, shifted or not)."""
     try:
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                               labels[:, 1:].reshape(-1), ignore_index=-100)
+        loss = scored_loss(logits, probe, conv, upcast=False)
     except Exception:  # noqa: BLE001 - a dtype without a cross-entropy kernel here
         return None
     return float(loss)
@@ -516,10 +510,12 @@ def _compare_grads(result: DtypePass, grads: dict, ref_grads: dict) -> None:
 
 def measure(model, probe: dict, *, dtypes: tuple[str, ...] | None, device: str,
             options: NumericsOptions | None = None,
-            on_pass: Callable[[DtypePass], None] | None = None) -> Measurement:
+            on_pass: Callable[[DtypePass], None] | None = None,
+            convention: LossConvention = HF) -> Measurement:
     """Run the fp32 reference pass and one pass per other dtype, one cast at a time.
 
-    `on_pass` is called with each finished pass (for a progress bar).
+    `on_pass` is called with each finished pass (for a progress bar); `convention` says how
+    the model is called and how its loss reads labels (`model.convention.detect`).
     """
     options = options or NumericsOptions()
     order, auto = resolve_dtypes(dtypes)
@@ -543,7 +539,7 @@ def measure(model, probe: dict, *, dtypes: tuple[str, ...] | None, device: str,
                     dtype, status="failed", error="not run: the fp32 reference pass failed")
             else:
                 result, new_ref, grads = run_pass(model, probe, dtype, device, trainable, stride,
-                                                  ref)
+                                                  ref, convention)
                 m.passes[dtype] = result
                 if dtype == "fp32":
                     ref, ref_grads = new_ref, grads
