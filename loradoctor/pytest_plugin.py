@@ -1,17 +1,396 @@
-"""The pytest plugin (registered through the `pytest11` entry point).
+"""The pytest plugin (registered through the `pytest11` entry point): a pipeline's health in CI.
 
-For now it only adds the `loradoctor` option group; the checks-as-test-items come with the
-plugin issue. Kept import-light so installing loradoctor never slows an unrelated test run.
+`pytest --loradoctor` reads the `[tool.loradoctor]` table of the project's `pyproject.toml`
+(keys named like the CLI's long options; paths relative to that file), prepares the run once
+per session and collects one test item per rule, `loradoctor::LD101::no-supervised-tokens`.
+The measurements are made once, on the first item that runs, and shared. A failing item's text
+is that rule's part of the doctor view (message, evidence, token view, fix); a skipped rule is
+a pytest skip with its reason; a warning passes with a pytest warning, or fails under
+`--loradoctor-strict`. The `loradoctor_report` fixture gives any test the Report.
+
+Without `--loradoctor` nothing is collected and nothing heavy is imported: this module needs
+only the standard library until a check runs (torch and transformers load then).
 """
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TABLE = "tool.loradoctor"
+
+# key -> (kind, API argument). Kinds: path (relative to the pyproject.toml), spec (file.py:NAME
+# whose file part is a path, or pkg.module:NAME), target (a directory or a spec), str, int,
+# bool, codes / strs (lists of strings), table (a TOML table of keyword arguments).
+KEYS: dict[str, tuple[str, str]] = {
+    "data": ("path", "data"),
+    "tokenizer": ("path", "tokenizer"),
+    "dataset": ("spec", "dataset"),
+    "max-length": ("int", "max_length"),
+    "tokenized": ("bool", "tokenized"),
+    "model": ("target", "model"),
+    "model-args": ("table", "model_args"),
+    "apply": ("spec", "apply"),
+    "apply-args": ("table", "apply_args"),
+    "peft": ("table", "peft"),
+    "adapter": ("path", "adapter"),
+    "dtypes": ("strs", "dtypes"),
+    "device": ("str", "device"),
+    "select": ("codes", "select"),
+    "ignore": ("codes", "ignore"),
+    "train-steps": ("int", "train_steps"),
+    "freeze-base": ("bool", "freeze_base"),
+    "fuzz": ("int", "fuzz"),
+    "seed": ("int", "seed"),
+    "strict": ("bool", None),  # warnings fail (the same as --loradoctor-strict)
+}
+KIND_WORDS = {"path": "a path (string)", "spec": "a SPEC string (file.py:NAME)",
+              "target": "a directory or a SPEC string", "str": "a string", "int": "an integer",
+              "bool": "true or false", "codes": "a list of code prefixes (strings)",
+              "strs": "a list of strings", "table": "a table of KEY = VALUE"}
+
+
+class LoradoctorWarning(UserWarning):
+    """A rule's warning finding (an item that passes with this warning unless strict)."""
+
+
+class _Failed(Exception):
+    """A rule failed: the message is its part of the doctor view, shown without a traceback."""
+
+
+# --- options --------------------------------------------------------------------------------
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("loradoctor", "loradoctor pre-training checks")
-    group.addoption("--loradoctor-model", default=None, metavar="DIR",
-                    help="model directory to check before the test session")
-    group.addoption("--loradoctor-apply", default=None, metavar="SPEC",
-                    help="the LoRA apply function to check (file.py:NAME or pkg.module:NAME)")
-    group.addoption("--loradoctor-data", default=None, metavar="DATA",
-                    help="chat data file (JSON Lines) to check")
-    group.addoption("--loradoctor-tokenizer", default=None, metavar="DIR",
-                    help="tokenizer directory for the data checks")
+    group.addoption("--loradoctor", action="store_true", default=False,
+                    help="check the pipeline configured in [tool.loradoctor] of pyproject.toml, "
+                         "one test item per rule")
+    group.addoption("--loradoctor-config", default=None, metavar="PYPROJECT",
+                    help="the pyproject.toml holding [tool.loradoctor] (default: found from "
+                         "the rootdir or the current directory upwards)")
+    group.addoption("--loradoctor-strict", action="store_true", default=None,
+                    help="warning findings fail their item too")
+    for key, (kind, _) in KEYS.items():
+        if key == "strict":
+            continue
+        dest = "loradoctor_" + key.replace("-", "_")
+        if kind == "bool":
+            group.addoption(f"--loradoctor-{key}", action="store_true", default=None, dest=dest,
+                            help=f"override [tool.loradoctor] {key} = true")
+        elif kind == "table":
+            singular = key[:-1] if key.endswith("s") else key
+            flag = f"--loradoctor-{singular if key != 'peft' else 'peft'}"
+            group.addoption(flag, action="append", default=None, dest=dest,
+                            metavar="KEY=VALUE[,...]",
+                            help=f"override entries of [tool.loradoctor] {key} (repeatable)")
+        else:
+            group.addoption(f"--loradoctor-{key}", default=None, dest=dest,
+                            metavar=key.upper().replace("-", "_"),
+                            help=f"override [tool.loradoctor] {key}"
+                                 + (" (comma-separated)" if kind in ("codes", "strs") else ""))
+
+
+# --- configuration --------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    """The run's keyword arguments for `loradoctor.api.prepare`, and where they came from."""
+
+    pyproject: Path | None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    strict: bool = False
+
+    def describe(self) -> str:
+        shown = []
+        for key, (kind, arg) in KEYS.items():
+            if arg in self.kwargs:
+                value = self.kwargs[arg]
+                if kind in ("path", "spec", "target") and isinstance(value, str):
+                    value = _relative(value, self.pyproject)
+                shown.append(f"{key} {value}")
+        where = f"{self.pyproject} [{TABLE}]" if self.pyproject else "the command line"
+        return f"{', '.join(shown) or 'nothing configured'} (from {where}" \
+               f"{', strict' if self.strict else ''})"
+
+
+def find_pyproject(config) -> Path | None:
+    """`--loradoctor-config`, else the first pyproject.toml with [tool.loradoctor] upwards."""
+    given = config.getoption("loradoctor_config")
+    if given:
+        path = Path(given)
+        if not path.is_file():
+            raise pytest.UsageError(f"--loradoctor-config {given}: no such file")
+        return path.resolve()
+    starts = [Path(config.invocation_params.dir), Path(config.rootpath)]
+    for start in starts:
+        for folder in [start, *start.parents]:
+            candidate = folder / "pyproject.toml"
+            if candidate.is_file() and _table(candidate) is not None:
+                return candidate.resolve()
+    return None
+
+
+def _load_toml(path: Path) -> dict:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: pytest itself depends on tomli there
+        import tomli as tomllib
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except (OSError, ValueError) as exc:
+        raise pytest.UsageError(f"{path}: cannot be read as TOML: {exc}") from None
+
+
+def _table(path: Path) -> dict | None:
+    data = _load_toml(path)
+    table = data.get("tool", {}).get("loradoctor")
+    if table is not None and not isinstance(table, dict):
+        raise pytest.UsageError(f"{path}: [{TABLE}] must be a table")
+    return table
+
+
+def read_settings(config) -> Settings:
+    """The configuration: the pyproject table, then `--loradoctor-*` overrides, validated."""
+    path = find_pyproject(config)
+    table = _table(path) if path is not None else {}
+    kwargs: dict[str, Any] = {}
+    strict = False
+    where = f"{path} [{TABLE}]" if path else f"[{TABLE}]"
+    for key, value in (table or {}).items():
+        if key not in KEYS:
+            import difflib
+            close = difflib.get_close_matches(key.replace("_", "-"), list(KEYS), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else \
+                f" (known keys: {', '.join(KEYS)})"
+            raise pytest.UsageError(f"{where}: unknown key {key!r}{hint}")
+        kind, arg = KEYS[key]
+        checked = _check_type(key, kind, value, where)
+        if arg is None:
+            strict = bool(checked)
+            continue
+        kwargs[arg] = _resolve(kind, checked, path.parent if path else Path.cwd())
+    # Command-line overrides: paths relative to the directory pytest was started in.
+    here = Path(config.invocation_params.dir)
+    for key, (kind, arg) in KEYS.items():
+        if arg is None:
+            continue
+        given = config.getoption("loradoctor_" + key.replace("-", "_"))
+        if given is None:
+            continue
+        flag = f"--loradoctor-{key}"
+        if kind == "table":
+            from .load import parse_kwargs
+            items = [part for text in given for part in _split_pairs(text)]
+            try:
+                kwargs[arg] = {**(kwargs.get(arg) or {}), **parse_kwargs(items, flag)}
+            except Exception as exc:  # noqa: BLE001 - InputError: a usage error here
+                raise pytest.UsageError(str(exc)) from None
+        elif kind in ("codes", "strs"):
+            kwargs[arg] = [c.strip() for c in given.split(",") if c.strip()]
+        elif kind == "int":
+            try:
+                kwargs[arg] = int(given)
+            except ValueError:
+                raise pytest.UsageError(f"{flag} {given!r}: expected an integer") from None
+        else:
+            kwargs[arg] = _resolve(kind, given, here) if kind != "bool" else bool(given)
+    if config.getoption("loradoctor_strict"):
+        strict = True
+    return Settings(path, kwargs, strict)
+
+
+def _check_type(key: str, kind: str, value: Any, where: str) -> Any:
+    ok = {
+        "path": isinstance(value, str), "spec": isinstance(value, str),
+        "target": isinstance(value, str), "str": isinstance(value, str),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "codes": isinstance(value, list) and all(isinstance(v, str) for v in value),
+        "strs": isinstance(value, list) and all(isinstance(v, str) for v in value),
+        "table": isinstance(value, dict),
+    }[kind]
+    if not ok:
+        raise pytest.UsageError(f"{where}: key {key!r} must be {KIND_WORDS[kind]}, got "
+                                f"{value!r} ({type(value).__name__})")
+    return value
+
+
+def _resolve(kind: str, value: Any, base: Path) -> Any:
+    """Paths, and the file part of `file.py:NAME`, relative to `base`; the rest as given."""
+    if kind == "path":
+        return str((base / os.path.expanduser(value)).resolve())
+    if kind in ("spec", "target"):
+        target, sep, name = value.rpartition(":")
+        if sep and (target.endswith(".py") or "/" in target or "\\" in target):
+            return f"{(base / os.path.expanduser(target)).resolve()}:{name}"
+        if kind == "target" and not sep:
+            return str((base / os.path.expanduser(value)).resolve())
+    return value
+
+
+def _split_pairs(text: str) -> list[str]:
+    """`a=1,b=x,y` -> ["a=1", "b=x,y"]: a bare item continues the last value (as --peft)."""
+    items: list[str] = []
+    for part in text.split(","):
+        if "=" in part or not items:
+            items.append(part)
+        else:
+            items[-1] += "," + part
+    return items
+
+
+def _relative(value: str, pyproject: Path | None) -> str:
+    if pyproject is None:
+        return value
+    try:
+        rel = os.path.relpath(value, pyproject.parent)
+    except ValueError:
+        return value
+    return value if rel.startswith("..") else rel  # outside the project: the whole path
+
+
+# --- the run, prepared and executed once per session ---------------------------------------
+
+
+class LoradoctorRun:
+    """The configured pipeline: prepared at collection, executed on first use, kept."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._run = None
+        self._report = None
+        self._error: str | None = None
+
+    def prepare(self):
+        if self._run is None:
+            from . import api
+            from .errors import InputError
+            try:
+                self._run = api.prepare(**self.settings.kwargs)
+            except InputError as exc:
+                where = f" (configured in {self.settings.pyproject} [{TABLE}])" \
+                    if self.settings.pyproject else ""
+                raise pytest.UsageError(f"loradoctor: {exc}{where}") from None
+        return self._run
+
+    def report(self):
+        """The Report (computed on the first call); raises `_Failed` when the run could not."""
+        if self._error is not None:
+            raise _Failed(self._error)
+        if self._report is None:
+            from .errors import InputError
+            try:
+                self._report = self.prepare().execute()
+            except InputError as exc:
+                self._error = f"loradoctor could not run the configured pipeline: {exc}"
+                raise _Failed(self._error) from None
+        return self._report
+
+
+_RUN_KEY = pytest.StashKey["LoradoctorRun"]()
+
+
+def _state(config) -> LoradoctorRun:
+    if _RUN_KEY not in config.stash:
+        config.stash[_RUN_KEY] = LoradoctorRun(read_settings(config))
+    return config.stash[_RUN_KEY]
+
+
+def pytest_configure(config):
+    if config.getoption("loradoctor"):
+        _state(config)  # a misconfigured table is a usage error before anything is collected
+
+
+def pytest_report_header(config):
+    if config.getoption("loradoctor"):
+        return f"loradoctor: checking {_state(config).settings.describe()}"
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before -k / -m / --deselect filter the items
+def pytest_collection_modifyitems(session, config, items):
+    if not config.getoption("loradoctor"):
+        return
+    state = _state(config)
+    if not state.settings.kwargs:
+        raise pytest.UsageError("--loradoctor: nothing to check; add a [tool.loradoctor] table "
+                                "to pyproject.toml (data, tokenizer, dataset, model, ...)")
+    run = state.prepare()
+    parent = LoradoctorCollector.from_parent(session, name="loradoctor", nodeid="loradoctor")
+    ours = [LoradoctorItem.from_parent(parent, name=f"{r.code}::{r.name}", rule=r)
+            for r in run.rules]
+    items[:0] = ours
+    # Reported as a collection like any other, so "collected N items" counts the rules.
+    config.hook.pytest_collectreport(report=pytest.CollectReport(
+        parent.nodeid, "passed", None, list(ours)))
+
+
+class LoradoctorCollector(pytest.Collector):
+    """The `loradoctor` node the rule items hang from (nothing is collected from files)."""
+
+    def collect(self):  # pragma: no cover - the items are made in pytest_collection_modifyitems
+        return []
+
+
+class LoradoctorItem(pytest.Item):
+    """One rule of the configured run."""
+
+    def __init__(self, *, rule, **kwargs):
+        super().__init__(**kwargs)
+        self.rule = rule
+        # Under pytest-xdist with `--dist loadgroup`, every rule goes to the same worker, so
+        # the run is measured once; other modes measure it once per worker that gets a rule.
+        if self.config.pluginmanager.hasplugin("xdist"):
+            self.add_marker(pytest.mark.xdist_group("loradoctor"))
+
+    def runtest(self):
+        from .findings import Status
+        from .render import result_text
+
+        state = _state(self.config)
+        report = state.report()
+        result = next((r for r in report.results if r.code == self.rule.code), None)
+        if result is None:
+            pytest.skip(f"{self.rule.code} did not run")
+        verbose = self.config.getoption("verbose") > 0
+        if result.status is Status.SKIP:
+            pytest.skip(f"{result.code} {result.name}: {result.summary or 'not applicable'}")
+        if result.status in (Status.FAIL, Status.CRASH):
+            raise _Failed(result_text(result, traceback=verbose))
+        if result.status is Status.WARN:
+            if state.settings.strict:
+                raise _Failed(result_text(result, traceback=verbose))
+            import warnings
+            # The warnings summary gets the findings; the views are for a failing item.
+            text = result_text(result, evidence=False, views=False)
+            warnings.warn(LoradoctorWarning(text), stacklevel=1)
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, _Failed):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self):
+        where = self.config.stash[_RUN_KEY].settings.pyproject if _RUN_KEY in self.config.stash \
+            else None
+        return (where or self.path), None, f"{self.rule.code} {self.rule.name}"
+
+
+@pytest.fixture(scope="session")
+def loradoctor_report(request):
+    """The Report of the pipeline configured in [tool.loradoctor], computed once per session."""
+    state = _state(request.config)
+    if not state.settings.kwargs:
+        pytest.fail("loradoctor_report: no [tool.loradoctor] table in pyproject.toml (and no "
+                    "--loradoctor-* options)", pytrace=False)
+    try:
+        return state.report()
+    except _Failed as exc:
+        pytest.fail(str(exc), pytrace=False)

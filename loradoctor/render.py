@@ -90,16 +90,7 @@ def print_report(report: Report, *, title: str, verbose: bool = False,
     for result in report.results:
         if result in skipped and not verbose:
             continue
-        out.print(_check_line(result))
-        for i, f in enumerate(result.findings):
-            # A fix shared by consecutive findings is said once, after the last of them.
-            nxt = result.findings[i + 1] if i + 1 < len(result.findings) else None
-            shared_fix = nxt is not None and nxt.fix == f.fix and not verbose
-            out.print(_indent(_finding(f, verbose, show_fix=not shared_fix), 5))
-        for view in result.views:
-            out.print(_indent(render_view(view, plain=out.no_color or not out.color_system), 5))
-        if result.traceback and verbose:
-            out.print(_indent(Text(result.traceback.rstrip(), style="magenta"), 5))
+        _print_result(out, result, verbose)
     if skipped and not verbose:
         reasons: dict[str, list[str]] = {}
         for r in skipped:
@@ -114,6 +105,38 @@ def print_report(report: Report, *, title: str, verbose: bool = False,
     for view in report.views:
         out.print(render_view(view, plain=out.no_color or not out.color_system))
     out.print(_summary_line(report))
+
+
+def _print_result(out: Console, result, verbose: bool, traceback: bool | None = None,
+                  views: bool = True) -> None:
+    """One check's part of the doctor view: its line, findings, views (and traceback)."""
+    out.print(_check_line(result))
+    for i, f in enumerate(result.findings):
+        # A fix shared by consecutive findings is said once, after the last of them.
+        nxt = result.findings[i + 1] if i + 1 < len(result.findings) else None
+        shared_fix = nxt is not None and nxt.fix == f.fix and not verbose
+        out.print(_indent(_finding(f, verbose, show_fix=not shared_fix), 5))
+    for view in result.views if views else ():
+        out.print(_indent(render_view(view, plain=out.no_color or not out.color_system), 5))
+    if result.traceback and (verbose if traceback is None else traceback):
+        out.print(_indent(Text(result.traceback.rstrip(), style="magenta"), 5))
+
+
+def result_text(result, *, evidence: bool = True, views: bool = True, traceback: bool = False,
+                width: int = 110) -> str:
+    """One check's part of the doctor view as plain text: the pytest plugin's failure text.
+
+    The token view keeps its plain-text wrappers (`[trained]`, `!missed!`) so it reads in a CI
+    log; `evidence` adds each finding's evidence line, `views` the token views and tables,
+    `traceback` a crash's traceback.
+    """
+    import io
+
+    buf = io.StringIO()
+    out = Console(file=buf, width=width, no_color=True, color_system=None, highlight=False,
+                  soft_wrap=False)
+    _print_result(out, result, evidence, traceback, views)
+    return _TRAILING.sub("\n", buf.getvalue()).rstrip() + "\n"
 
 
 def _check_line(result) -> RichTable:
