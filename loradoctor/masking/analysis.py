@@ -1,9 +1,15 @@
 """The one expensive pass every LD1xx masking rule reads, computed once per run (`ctx.memo`).
 
 Without `--dataset`: the oracle's streaming scan of the data file (batched, `--workers`).
-With `--dataset`: the same measurements plus the user's samples compared with the oracle.
-The tokenizer the oracle renders with is taken before the user's code is constructed, so code
-that changes the tokenizer (sets `pad_token`, adds tokens) changes only its own copy.
+With `--dataset`: the same measurements plus the user's samples compared with the oracle; a
+sample whose ids are not its record's rendering is judged against its own tokens' turns
+(`structure.py`). Without conversations (`--tokenized` rows, a trainer's batches, a dataset
+instance alone) every row is judged against its own tokens.
+
+The oracle learns the template's facts and special tokens before the user's code is
+constructed, and encodes with padding and truncation switched off for the call; the user's
+code shares the tokenizer object, so a token it adds is visible to both (the API puts the
+tokenizer's settings back after the run).
 """
 
 from __future__ import annotations

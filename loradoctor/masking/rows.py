@@ -40,6 +40,9 @@ def _row(raw: Any, line: int, location: str) -> Row:
         if made is not None:
             ids, mask = _list(raw["input_ids"]), _list(raw[made])
             raw = {**raw, "labels": [t if m else IGNORE_INDEX for t, m in zip(ids, mask)]}
+    if isinstance(raw, Mapping) and ("input_ids" not in raw or "labels" not in raw):
+        keys = ", ".join(map(str, list(raw)[:6])) or "none"
+        return Row(line, location, None, f"the row has no input_ids and labels (keys: {keys})")
     try:
         item = to_item(raw, location)
     except InputError as exc:
