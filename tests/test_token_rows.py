@@ -230,7 +230,7 @@ def test_broken_lines_are_ld100_with_their_line_and_the_rest_is_still_checked(
     assert code == 1 and set(found) == {"LD100", "LD101"}
     ld100 = sorted(found["LD100"], key=lambda f: f["evidence"]["line"])
     assert [f["location"] for f in ld100] == [f"{path}:3", f"{path}:5"]
-    assert "without input_ids and labels" in ld100[0]["message"]
+    assert "the row has no input_ids and labels" in ld100[0]["message"]
     assert ld100[1]["message"].startswith("not valid JSON")
     # rows[5] was written after the inserted row and the raw line: line 8
     assert found["LD101"][0]["evidence"]["lines"] == [8]
