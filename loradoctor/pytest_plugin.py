@@ -224,14 +224,17 @@ def _check_type(key: str, kind: str, value: Any, where: str) -> Any:
 
 def _resolve(kind: str, value: Any, base: Path) -> Any:
     """Paths, and the file part of `file.py:NAME`, relative to `base`; the rest as given."""
+    def absolute(path: str) -> str:  # symlinks kept as written: the header shows them so
+        return os.path.abspath(os.path.join(base, os.path.expanduser(path)))
+
     if kind == "path":
-        return str((base / os.path.expanduser(value)).resolve())
+        return absolute(value)
     if kind in ("spec", "target"):
         target, sep, name = value.rpartition(":")
         if sep and (target.endswith(".py") or "/" in target or "\\" in target):
-            return f"{(base / os.path.expanduser(target)).resolve()}:{name}"
+            return f"{absolute(target)}:{name}"
         if kind == "target" and not sep:
-            return str((base / os.path.expanduser(value)).resolve())
+            return absolute(value)
     return value
 
 
@@ -361,7 +364,7 @@ class LoradoctorItem(pytest.Item):
             pytest.skip(f"{self.rule.code} did not run")
         verbose = self.config.getoption("verbose") > 0
         if result.status is Status.SKIP:
-            pytest.skip(f"{result.code} {result.name}: {result.summary or 'not applicable'}")
+            _skip(f"{result.code}: {result.summary or 'not applicable'}")
         if result.status in (Status.FAIL, Status.CRASH):
             raise _Failed(result_text(result, traceback=verbose))
         if result.status is Status.WARN:
@@ -380,7 +383,27 @@ class LoradoctorItem(pytest.Item):
     def reportinfo(self):
         where = self.config.stash[_RUN_KEY].settings.pyproject if _RUN_KEY in self.config.stash \
             else None
-        return (where or self.path), None, f"{self.rule.code} {self.rule.name}"
+        return (where or self.path), _table_line(where), f"{self.rule.code} {self.rule.name}"
+
+
+def _table_line(path: Path | None) -> int:
+    """The 0-based line of `[tool.loradoctor]` in the file (where a skip or failure points)."""
+    if path is None:
+        return 0
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return 0
+    return next((i for i, line in enumerate(lines) if line.strip() == f"[{TABLE}]"), 0)
+
+
+def _skip(reason: str):
+    """A skip reported at the item's place (the pyproject table), not at this module's line."""
+    from _pytest.outcomes import Skipped
+    try:
+        raise Skipped(reason, _use_item_location=True)
+    except TypeError:  # pragma: no cover - a pytest without the keyword
+        pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
