@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from . import convention as conv_
 from .adapters import Adapter, Discovery, canonical, discover, forward_refs
 from ..rules import SkipCheck
+from .memory import releasing
 from .safety import preserved, rng_preserved
 
 # Relative tolerances by the dtype the adapted layers compute in (named, not buried).
@@ -382,13 +383,18 @@ class ForwardResult:
 
 
 def adapted_forward(ctx) -> ForwardResult:
-    return ctx.memo("adapted_forward", lambda: _adapted_forward(ctx))
+    res = ctx.memo("adapted_forward", lambda: _adapted_forward(ctx))
+    drop = getattr(ctx, "release_base_logits", None)
+    if callable(drop):
+        drop()  # this comparison was their only reader: (B, T, V) fp32 need not stay
+    return res
 
 
 def _logits(model, probe, conv=conv_.HF):
     return conv_.logits(model, probe, conv)  # (B, T, V)
 
 
+@releasing
 def _adapted_forward(ctx) -> ForwardResult:
     base = ctx.base_logits
     model = ctx.adapted
@@ -452,6 +458,7 @@ def gradients(ctx) -> GradResult:
     return ctx.memo("gradients", lambda: _gradients(ctx))
 
 
+@releasing
 def _gradients(ctx) -> GradResult:
     model = ctx.adapted
     disc = discovery(ctx)
@@ -537,6 +544,7 @@ def _perturbation(a: Adapter, gen, scaling: float | None):
     return A, B
 
 
+@releasing
 def _persistence(ctx) -> Persistence:
     from safetensors.torch import load_file, save_file
 

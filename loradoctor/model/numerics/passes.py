@@ -38,6 +38,7 @@ from typing import Any, Callable
 
 from ..convention import HF, LossConvention, call, logits_of, scored_loss
 from ..convention import loss as model_loss
+from ..memory import releasing
 
 FP16_MAX = 65504.0  # the largest finite fp16 value
 FP16_TINY = 2.0 ** -24  # the smallest fp16 subnormal: a value below half of it rounds to zero
@@ -401,6 +402,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
+@releasing
 def run_pass(model, probe: dict, dtype: str, device: str, trainable: list[tuple[str, Any]],
              stride: int, ref: _Reference | None,
              conv: LossConvention = HF) -> tuple[DtypePass, _Reference | None, dict]:
