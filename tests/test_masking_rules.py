@@ -19,6 +19,7 @@ from .conftest import DATA, FIXTURES
 MASKING = FIXTURES / "masking"
 PERSONA = DATA / "persona.jsonl"
 MULTITURN = MASKING / "multiturn.jsonl"
+NANOGPT = f"{FIXTURES / 'models' / 'nanogpt_style.py'}:GPT"
 
 
 @pytest.fixture(autouse=True)
@@ -95,6 +96,9 @@ CASES = [
     ("LD110", PERSONA, "smollm2", "ld110.py:bad", "ld110.py:good", (), "warning"),
     ("LD111", MASKING / "newline_replies.jsonl", "qwen3", "ld111.py:MarkerSearch",
      "ld111.py:OffsetSearch", (), "warning"),
+    # For a nanoGPT-style model (no shift inside, -1 ignored), measured with --model.
+    ("LD116", MULTITURN, "qwen3", "ld116.py:bad", "ld116.py:good", ("--model", NANOGPT), "error"),
+    ("LD117", MULTITURN, "qwen3", "ld117.py:bad", "ld117.py:good", ("--model", NANOGPT), "error"),
 ]
 
 

@@ -72,9 +72,11 @@ def _build(obj, args: dict, spec: str):
     if callable(obj) and not inspect.isclass(obj):
         _bind(obj, args, spec, "function")
         return _run(lambda: obj(**args), spec)
-    raise InputError(f"--model {spec}: {getattr(obj, '__name__', type(obj).__name__)} is a "
-                     f"{type(obj).__name__}, expected a function returning the model, a "
-                     f"PreTrainedModel subclass or an nn.Module class")
+    what = "a class that is not an nn.Module" if inspect.isclass(obj) else \
+        f"a {type(obj).__name__}"
+    raise InputError(f"--model {spec}: {getattr(obj, '__name__', type(obj).__name__)} is {what};"
+                     f" expected a function returning the model, a PreTrainedModel subclass or "
+                     f"an nn.Module class")
 
 
 def _is_pretrained(cls) -> bool:
