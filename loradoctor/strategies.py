@@ -222,14 +222,21 @@ def role_orders(tokenizer) -> RoleOrders:
 
 
 @st.composite
+def _exchange(draw, patterns, content, reply) -> list[dict]:
+    """One exchange: a role pattern that ends with the assistant, and a content per turn."""
+    pattern = draw(st.sampled_from(patterns))
+    return [{"role": role, "content": draw(reply if role == "assistant" else content)}
+            for role in pattern]
+
+
+@st.composite
 def _conversation(draw, orders: RoleOrders, system: bool | None, min_turns: int,
                   max_turns: int, content, reply) -> list[dict]:
     messages = []
     if orders.system and (system is True or (system is None and draw(st.booleans()))):
         messages.append({"role": "system", "content": draw(content)})
-    for _ in range(draw(st.integers(min_value=min_turns, max_value=max_turns))):
-        pattern = draw(st.sampled_from(orders.patterns))
-        for role in pattern:
-            messages.append({"role": role, "content": draw(reply if role == "assistant"
-                                                           else content)})
-    return messages
+    # A list of exchanges, so that shrinking can delete any one of them (the ones before a
+    # long turn too), not only the last.
+    exchanges = draw(st.lists(_exchange(orders.patterns, content, reply), min_size=min_turns,
+                              max_size=max_turns))
+    return messages + [m for exchange in exchanges for m in exchange]

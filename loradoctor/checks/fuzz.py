@@ -17,6 +17,8 @@ from ..findings import Severity
 from ..masking.fuzz import RAISES, Failure, FuzzResult, fuzzing
 from ..rules import Outcome, Rule, SkipCheck, rule
 
+RECORD_IN_MESSAGE = 1000  # a longer shrunk record is cut in the message (whole in evidence)
+
 FIXES = {
     "LD101": "find assistant spans from the chat template (its rendered text and offsets, or its "
              "{% generation %} mask), not from a marker searched for in the ids",
@@ -95,10 +97,13 @@ def fuzz_findings(rule_: Rule, result: FuzzResult, eot: str | None) -> tuple[lis
         turns = f"{f.turns} turn{'s' if f.turns != 1 else ''}"
         others = [c for c in f.codes if c != rule_.code]
         also = f" (it also breaks {', '.join(others)})" if others else ""
+        record = f.jsonl if len(f.jsonl) <= RECORD_IN_MESSAGE else (
+            f"({len(f.jsonl):,} characters; the whole record is the evidence `jsonl` of "
+            f"--json) {f.jsonl[:RECORD_IN_MESSAGE // 2]}...")
         findings.append(rule_.finding(
             f"--fuzz found a conversation your code gets wrong: {what}{also}. Shrunk to {turns}, "
             f"{f.tokens} tokens, after {f.found_after} of {result.tried} generated "
-            f"conversations (seed {result.seed}); as a record for your data: {f.jsonl}",
+            f"conversations (seed {result.seed}); as a record for your data: {record}",
             severity=severity, location=f"--fuzz seed {result.seed}",
             evidence={"record": f.record, "jsonl": f.jsonl, "codes": f.codes,
                       "turns": f.turns, "tokens": f.tokens, "found_after": f.found_after,
