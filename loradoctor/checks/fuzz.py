@@ -53,7 +53,8 @@ def _describe(code: str, f: Failure, eot: str | None) -> tuple[str, Severity | N
         kinds = ", ".join(f"{v} {k}" for k, v in sorted(c.prompt_categories.items(),
                                                        key=lambda kv: -kv[1]))
         n = sum(c.prompt_categories.values())
-        return f"{n} prompt token{'s are' if n != 1 else ' is'} supervised ({kinds})", None
+        return (f"{n} prompt token{'s are' if n != 1 else ' is'} supervised ({kinds} "
+                f"token{'s' if n != 1 else ''})"), None
     if code == "LD104":
         return (f"{c.missing_tokens} of {c.assistant_tokens} assistant tokens are labelled "
                 f"-100"), None
