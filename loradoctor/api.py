@@ -67,6 +67,9 @@ class Run:
                     report.results.extend(part.results)
                     report.summary.update(part.summary)
                     report.views.extend(part.views)
+                    if getattr(p.ctx, "shard", None) is not None:  # what `merge` reads
+                        from .shards import partial
+                        report.partial = partial(p.ctx, p.rules)
         finally:
             self.close()
         return report
@@ -88,7 +91,8 @@ def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, datas
             device: str | None = None, train_steps: int = 0, freeze_base: bool = False,
             select: Sequence[str] | str | None = None, ignore: Sequence[str] | str | None = None,
             fuzz: int = 0, seed: int = 0, show: int = 3, workers: int = 1,
-            fp16_headroom: float = 4.0, command: str | None = None) -> Run:
+            fp16_headroom: float = 4.0, command: str | None = None,
+            shard: str | tuple[int, int] | None = None) -> Run:
     """Check and load the inputs (raising `InputError` for what cannot be read) and choose rules.
 
     `command` is one of `check-dataset`, `check-model`, `check-adapter` (the CLI's); without
@@ -98,6 +102,9 @@ def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, datas
     `model` is a directory, an `nn.Module`, or a SPEC (`file.py:NAME`, `pkg.mod:NAME`: the
     user's own model function or class, built with `model_args`). With a model, the data
     checks read labels the way its loss does (`model.convention`); without, the HF way.
+
+    `shard` (`"2/8"` or `(2, 8)`) checks only the second of 8 contiguous shares of the records;
+    the Report then carries `partial`, which `loradoctor merge` joins (`shards.py`).
     """
     from . import registry
 
@@ -121,6 +128,10 @@ def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, datas
                 ctx, title = _dataset_context(tokenizer, data, dataset, batches, tokenized,
                                               max_length, show, workers, fuzz, seed, keep,
                                               model, model_args)
+                if shard is not None:
+                    from .datasource import parse_shard
+                    ctx.shard = parse_shard(shard)
+                    title += " · shard {}/{}".format(*ctx.shard)
             elif cmd == "check-model":
                 # Data for the probe batch must be a file; live records feed the data checks.
                 ctx, title = _model_context(model, tokenizer, _path_or_none(data), apply,
@@ -242,16 +253,20 @@ def _dataset_context(tokenizer, data, dataset, batches, tokenized, max_length, s
     if data is not None:
         if _is_path(data):
             ctx.data = Path(data)
+        elif tokenized:
+            ctx.rows_given = _records(data)  # token rows: a datasets object or row dicts
         else:
             ctx.records_given = _records(data)
     if isinstance(dataset, str):
         ctx.dataset_spec = dataset
+    elif dataset is not None and _is_stream(dataset):
+        ctx.rows_given = dataset  # an IterableDataset of token rows: read as a stream
     elif dataset is not None:
         ctx.dataset_given = dataset
     if batches is not None:
         ctx.batches_given = list(batches)  # read once: a dataloader may shuffle or be a stream
-    if tokenized and ctx.data is None:
-        raise InputError("tokenized: needs a data file of token rows")
+    if tokenized and ctx.data is None and ctx.rows_given is None:
+        raise InputError("tokenized: needs a data file of token rows, or the rows (data=)")
     if tokenized and (ctx.dataset_spec or ctx.dataset_given is not None):
         raise InputError("--tokenized rows already hold labels: give --dataset or --tokenized, "
                          "not both")
@@ -266,8 +281,12 @@ def _dataset_context(tokenizer, data, dataset, batches, tokenized, max_length, s
     return ctx, title
 
 
-def _records(data: Any) -> list:
-    """Live conversation records: a list, any iterable, or a Hugging Face dataset of rows."""
+def _records(data: Any) -> Any:
+    """Live conversation records: a list, any iterable, or a Hugging Face dataset of rows (a
+    `datasets.Dataset` / `IterableDataset` is kept as it is and read in batches, never listed)."""
+    from .datasource import is_live_dataset
+    if is_live_dataset(data):
+        return data
     if isinstance(data, dict):
         return [data]
     try:
@@ -275,6 +294,12 @@ def _records(data: Any) -> list:
     except TypeError:
         raise InputError(f"data: {type(data).__name__} is neither a path nor an iterable of "
                          f"records") from None
+
+
+def _is_stream(dataset: Any) -> bool:
+    """A `datasets.IterableDataset`: rows without an index, read as a stream."""
+    from .datasource import is_live_dataset
+    return is_live_dataset(dataset) and not hasattr(dataset, "__len__")
 
 
 def _model_context(model, tokenizer, data, apply, apply_args, peft, dtypes, device,

@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     ds = sub.add_parser("check-dataset", help="chat-template label masking and special tokens",
                         description="Check a chat dataset, its tokenizer and (with --dataset) "
                                     "your own labelling code against the chat template.")
-    ds.add_argument("data", metavar="DATA", help="JSON Lines file (or a .json list) of chats")
+    ds.add_argument("data", metavar="DATA",
+                    help="JSON Lines file (or a .json list) of chats; or parquet / arrow files "
+                         "(one, or a quoted glob), or a datasets save_to_disk folder")
     ds.add_argument("--tokenizer", required=True, metavar="TOK", help="local tokenizer directory")
     ds.add_argument("--model", metavar="MODEL", help="the model the labels are for (a directory "
                     "or your model code, file.py:NAME): its loss is measured (does it shift "
@@ -79,8 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--show", type=int, default=3, metavar="N",
                     help="colored token views for up to N failing samples (default 3)")
     ds.add_argument("--workers", type=int, default=1, metavar="N",
-                    help="processes for rendering and tokenizing the data (default 1; "
-                         "--dataset code always runs in this process)")
+                    help="processes for rendering and tokenizing the data and for your "
+                         "--dataset code (each builds its own dataset object; default 1)")
+    ds.add_argument("--shard", metavar="I/N",
+                    help="check only the I-th of N contiguous shards of DATA (1/8 ... 8/8); "
+                         "with --json the report carries what `loradoctor merge` joins")
     _common(ds)
 
     md = sub.add_parser("check-model", help="your LoRA code (or PEFT) on a real model",
@@ -125,6 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
                          "(load_lora, load_adapter, ...) loads ADAPTER")
     ad.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     _common(ad)
+
+    mg = sub.add_parser("merge", help="join check-dataset --shard partial reports into one",
+                        description="Join the --json reports of check-dataset --shard 1/N ... "
+                                    "N/N into the report one run over the whole data gives.")
+    mg.add_argument("parts", nargs="+", metavar="PART.json",
+                    help="the partial reports, one per shard, in any order")
+    mg.add_argument("--json", action="store_true", help="write one JSON object to stdout")
+    mg.add_argument("-v", "--verbose", action="store_true",
+                    help="show evidence, skipped checks and tracebacks")
 
     rl = sub.add_parser("rules", help="list the rules, or print one rule's documentation")
     rl.add_argument("code", nargs="?", metavar="CODE")
@@ -188,10 +202,20 @@ def _dispatch(args) -> int:
     from .load import parse_kwargs
     from .render import console, print_json, print_report
 
+    if args.command == "merge":
+        from .shards import merge_partials, read_partials
+        report, title = merge_partials(read_partials(args.parts))
+        if args.json:
+            print_json(report, __version__)
+        else:
+            print_report(report, title=f"loradoctor {title}", verbose=args.verbose)
+        return report.exit_code
+
     if args.command == "check-dataset":
         inputs = dict(data=args.data, tokenizer=args.tokenizer, dataset=args.dataset,
                       max_length=args.max_length, show=args.show, workers=args.workers,
                       tokenized=args.tokenized, fuzz=args.fuzz, seed=args.seed,
+                      shard=args.shard,
                       model=args.model, model_args=parse_kwargs(args.model_arg, "--model-arg"))
     elif args.command == "check-adapter":
         inputs = dict(adapter=args.adapter, model=args.model, apply=args.apply,

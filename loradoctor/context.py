@@ -74,6 +74,10 @@ class DatasetContext(_Memo):
     model_given: Any = None
     fuzz: int = 0  # --fuzz N: generated conversations through the user's code (masking/fuzz.py)
     seed: int = 0  # --seed S: the fuzz search's seed
+    # Token rows given live (the Python API: a `datasets` object or a list of dicts), and
+    # `--shard I/N`: only the I-th of N contiguous shares of the records (`datasource.py`).
+    rows_given: Any = None
+    shard: tuple[int, int] | None = None
 
     @property
     def tokenizer(self):
@@ -156,7 +160,42 @@ class DatasetContext(_Memo):
             return str(self.data)
         if self.records_given is not None:
             return "records"
+        if self.rows_given is not None:
+            return type(self.rows_given).__name__
         return "batches" if self.batches_given is not None else "dataset"
+
+    @property
+    def layout(self) -> list:
+        """Each file's name and rows, where locations name the file a row is in (a glob of
+        parquet files); empty where `source:line` says it (`datasource.locate`)."""
+        from . import datasource
+        if self.data is None or not datasource.is_table(self.data):
+            return []
+        return datasource.open_source(self.data).layout
+
+    @property
+    def span(self) -> tuple[int, int | None]:
+        """Indices [start, stop) of the records (or rows) this run checks: all of them, or
+        the shard's (`--shard I/N`)."""
+        if self.shard is None:
+            return 0, None
+        from . import datasource
+        return self.memo("shard_span", lambda: datasource.shard_range(self._total(),
+                                                                      *self.shard))
+
+    def _total(self) -> int:
+        """Every record (or row) of the input, the shards' together."""
+        from . import datasource
+        if self.data is not None:
+            return datasource.count(self.data)
+        for given in (self.records_given, self.rows_given):
+            if given is not None:
+                n = datasource.live_count(given)
+                return n if n is not None else sum(1 for _ in datasource.iter_live(given))
+        if self.batches_given is not None:
+            from .masking import rows
+            return sum(1 for _ in rows.batch_rows(self.batches_given))
+        return len(self.user_data())
 
     def user_data(self):
         """The user's code ready to be asked for items (constructed once), or None."""
@@ -196,29 +235,50 @@ class DatasetContext(_Memo):
                 os.unlink(name)
 
     def records(self):
-        """The conversation records (a fresh iterator each call)."""
+        """The conversation records (a fresh iterator each call); only the shard's with
+        `--shard`. Live records (a list, a `datasets` object) are read as a stream."""
+        from . import datasource
+        start, stop = self.span
         if self.records_given is not None:
-            return (load.normalise_record(obj, "records", i)
-                    for i, obj in enumerate(self.records_given, 1))
-        return load.read_records(self.data)
+            return datasource.live_records(self.records_given, start, stop)
+        return datasource.records(self.data, start, stop)
 
     def rows(self):
         """The token rows (a fresh iterator each call), when there are no conversations."""
+        import itertools
+
+        from . import datasource
         from .masking import rows
+        start, stop = self.span
         if self.batches_given is not None:
-            return rows.batch_rows(self.batches_given)
+            return itertools.islice(rows.batch_rows(self.batches_given), start, stop)
+        if self.rows_given is not None:
+            return datasource.live_rows(self.rows_given, type(self.rows_given).__name__,
+                                        start, stop)
         if self.data is not None:
-            return rows.file_rows(self.data)
+            return datasource.rows(self.data, start, stop)
         user = self.user_data()
+        if datasource.is_live_dataset(user.instance):  # read in batches, not item by item
+            return datasource.live_rows(user.instance, user.name, start, stop)
+        if self.shard is not None:
+            return datasource.instance_rows(user.instance, user.name, start, stop)
         return rows.instance_rows(user.instance, user.name)
 
-    def count(self) -> int:
-        """How many records or rows there are (for a progress bar)."""
+    def count(self) -> int | None:
+        """How many records or rows there are (for a progress bar; None: cannot say)."""
+        from . import datasource
+        start, stop = self.span
+        if stop is not None:
+            return stop - start
         if self.records_given is not None:
-            return len(self.records_given)
+            return datasource.live_count(self.records_given)
+        if self.rows_given is not None:
+            return datasource.live_count(self.rows_given)
         if self.batches_given is not None:
             return sum(1 for _ in self.rows())
         if self.data is not None:
+            if datasource.is_table(self.data):
+                return datasource.open_source(self.data).total
             from .masking.scan import count_lines
             return count_lines(self.data)
         return len(self.user_data())
@@ -227,14 +287,16 @@ class DatasetContext(_Memo):
         """Fail fast (exit 2) on inputs that cannot be read at all, before any check runs."""
         if self.tokenizer_given is None:
             load.local_dir(self.tokenizer_dir, "tokenizer")
-        if self.data is not None and not Path(self.data).is_file():
-            raise InputError(f"data {self.data}: no such file")
+        if self.data is not None:
+            from . import datasource
+            datasource.check_exists(self.data)
         tok = self.tokenizer
         if not getattr(tok, "chat_template", None):
             name = self.tokenizer_dir or type(tok).__name__
             raise InputError(f"tokenizer {name}: has no chat template, so there is no truth to "
                              f"check labels against (set tokenizer.chat_template)")
-        if not self.has_conversations and self.batches_given is None and self.data is None:
+        if not self.has_conversations and self.batches_given is None and self.data is None \
+                and self.rows_given is None:
             from .masking.user_dataset import is_instance
             if not is_instance(self.user_dataset):
                 raise InputError("dataset: a dataset class or labelling function needs "
@@ -248,6 +310,15 @@ class DatasetContext(_Memo):
         if self.fuzz:
             from .masking.fuzz import validate
             validate(self)
+        if self.shard is not None:
+            self._validate_shard()
+
+    def _validate_shard(self) -> None:
+        if self.fuzz:
+            raise InputError("--fuzz with --shard: the generated conversations are not split "
+                             "across shards; run --fuzz once, without --shard")
+        if self.data is not None and self._total() == 0:
+            raise InputError(f"data {self.data}: holds no records")
 
 
 @dataclass
@@ -456,9 +527,11 @@ class AdapterContext(_Memo):
     """
 
     adapter_dir: Path
-    model_dir: Path
+    model_dir: Path | None  # None with `model_spec`: the user's own model code
     apply_spec: str | None = None
     device: str = "cpu"
+    model_spec: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
     probe_shape: tuple[int, int] = (2, 64)  # (batch, tokens)
     seed: int = 0
     data: Path | None = None  # the probe batch's chat data (None: built-in turns or random ids)
@@ -466,10 +539,11 @@ class AdapterContext(_Memo):
     views: list = field(default_factory=list)
 
     def validate_inputs(self) -> None:
-        load.local_dir(self.model_dir, "model")
-        if not (Path(self.model_dir) / "config.json").exists():
-            raise InputError(f"model {self.model_dir}: no config.json, not a Hugging Face "
-                             f"model directory")
+        if self.model_spec is None:
+            load.local_dir(self.model_dir, "model")
+            if not (Path(self.model_dir) / "config.json").exists():
+                raise InputError(f"model {self.model_dir}: no config.json, not a Hugging Face "
+                                 f"model directory")
         from .model.artifact import artifact
         _ = artifact(self)
 
@@ -483,18 +557,39 @@ class AdapterContext(_Memo):
     def tokenizer(self):
         """A tokenizer beside the model (or the adapter, as PEFT folders often keep one)."""
         def find():
-            for d in (self.model_dir, self.adapter_dir):
-                if Path(d).is_dir() and load.has_tokenizer(d):
+            for d in (self.model_dir, self.model_args.get("path"), self.adapter_dir):
+                if d is not None and Path(d).is_dir() and load.has_tokenizer(d):
                     return load.load_tokenizer(d)
             return None
         return self.memo("tokenizer", find)
 
     def fresh_base_model(self):
+        if self.model_spec is not None:
+            import copy
+
+            from .model.user_model import build
+            return copy.deepcopy(self.memo("pristine", lambda: build(
+                self.model_spec, self.model_args, self.device, self.seed)))
         return load.load_model(self.model_dir, "fp32", self.device)
 
     @property
     def base_model(self):
         return self.memo("base_model", self.fresh_base_model)
+
+    @property
+    def convention(self):
+        """How the base model is called and reads labels (`model.convention`), measured on it
+        before the adapter is loaded."""
+        def measure():
+            from .model.convention import detect
+            conv = detect(self.base_model, self.probe)
+            self.summary["loss_convention"] = conv.to_dict()
+            return conv
+        return self.memo("convention", measure)
+
+    @property
+    def convention_note(self) -> str:
+        return f"loss convention: {self.convention.describe()}"
 
     @property
     def probe(self) -> dict[str, Any]:

@@ -120,6 +120,8 @@ class Report:
     results: list[CheckResult] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     views: list[View] = field(default_factory=list)  # report-level views (e.g. loss curves)
+    # A `--shard I/N` run's measurements, plain JSON, for `loradoctor merge` (`shards.py`).
+    partial: dict[str, Any] | None = None
 
     @property
     def findings(self) -> list[Finding]:
@@ -150,7 +152,7 @@ class Report:
                 **{f"{k}s": v for k, v in by_severity.items()}}
 
     def to_dict(self, version: str) -> dict[str, Any]:
-        return {
+        out = {
             "tool": "loradoctor",
             "version": version,
             "command": self.command,
@@ -158,6 +160,9 @@ class Report:
             "checks": [r.to_dict() for r in self.results],
             "summary": jsonable({**self.counts(), **self.summary, "exit_code": self.exit_code}),
         }
+        if self.partial is not None:
+            out["partial"] = self.partial
+        return out
 
 
 def jsonable(value: Any) -> Any:

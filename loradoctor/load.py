@@ -198,10 +198,13 @@ class Record:
     problem: str | None = None
     shape: str | None = None
     unparsed: bool = False  # the line itself is not JSON (or not UTF-8), not just the record
+    # Where it is when that is not `source:line`: a row of one of several parquet files is
+    # `part-0001.parquet:17` while `line` counts rows across them all (`datasource.py`).
+    where: str | None = None
 
     @property
     def location(self) -> str:
-        return f"{self.source}:{self.line}"
+        return self.where or f"{self.source}:{self.line}"
 
 
 def read_records(path: str | Path) -> Iterator[Record]:
@@ -213,6 +216,10 @@ def read_records(path: str | Path) -> Iterator[Record]:
     InputError for a file that cannot be opened, and, once read to the end, for a file in
     which no line is valid JSON.
     """
+    from . import datasource
+    if datasource.is_table(path):  # parquet / arrow files, a `save_to_disk` folder, a glob
+        yield from datasource.open_source(path).records()
+        return
     p = Path(path)
     if not p.is_file():
         raise InputError(f"data {path}: no such file")
@@ -228,27 +235,32 @@ def read_records(path: str | Path) -> Iterator[Record]:
         for line_no, raw in enumerate(fh, 1):
             if not raw.strip():
                 continue
-            try:
-                # A byte-order mark on the first line is an editor's habit, not a broken line.
-                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
-                obj = json.loads(line)
-            except UnicodeDecodeError as exc:
-                broken = Record(str(p), line_no, None, f"not UTF-8 text ({exc.reason} at byte "
-                                f"{exc.start})", unparsed=True)
-            except json.JSONDecodeError as exc:
-                broken = Record(str(p), line_no, None, f"not valid JSON ({exc.msg}, column "
-                                f"{exc.colno})", unparsed=True)
+            rec = parse_line(str(p), line_no, raw)
+            if rec.unparsed:
+                first_broken = first_broken or rec
             else:
                 parsed += 1
-                yield normalise_record(obj, str(p), line_no)
-                continue
-            first_broken = first_broken or broken
-            yield broken
+            yield rec
     if not parsed:
         if first_broken is not None:
             raise InputError(f"{first_broken.location}: {first_broken.problem} (and no line of "
                              f"the file is valid JSON)")
         raise InputError(f"data {p}: the file holds no records")
+
+
+def parse_line(source: str, line_no: int, raw: bytes) -> Record:
+    """One line of a JSON Lines file as a record; a line that is not JSON says so (`unparsed`)."""
+    try:
+        # A byte-order mark on the first line is an editor's habit, not a broken line.
+        line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+        obj = json.loads(line)
+    except UnicodeDecodeError as exc:
+        return Record(source, line_no, None, f"not UTF-8 text ({exc.reason} at byte "
+                      f"{exc.start})", unparsed=True)
+    except json.JSONDecodeError as exc:
+        return Record(source, line_no, None, f"not valid JSON ({exc.msg}, column "
+                      f"{exc.colno})", unparsed=True)
+    return normalise_record(obj, source, line_no)
 
 
 def _read_json_list(p: Path) -> Iterator[Record]:

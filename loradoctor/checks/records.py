@@ -29,14 +29,26 @@ def scan_records(ctx) -> dict:
             else:
                 good += 1
                 shapes[rec.shape] = shapes.get(rec.shape, 0) + 1
-        if good == 0 and bad:
-            raise InputError(f"{bad[0].location}: {bad[0].problem} (and no record in the file "
-                             f"is a readable conversation)")
-        ctx.summary.update({"records": good + n_bad, "records_readable": good,
-                            "records_unparseable": n_unparsed, "record_shapes": shapes})
-        return {"good": good, "bad": bad, "n_bad": n_bad, "n_unparsed": n_unparsed,
+        scan = {"good": good, "bad": bad, "n_bad": n_bad, "n_unparsed": n_unparsed,
                 "shapes": shapes}
+        if getattr(ctx, "shard", None) is None:  # a shard's records are judged by `merge`
+            check_readable(scan)
+        ctx.summary.update(records_summary(scan))
+        return scan
     return ctx.memo("record_scan", compute)
+
+
+def check_readable(scan: dict) -> None:
+    """A file in which no record is a readable conversation is an input error (exit 2)."""
+    bad = scan["bad"]
+    if scan["good"] == 0 and bad:
+        raise InputError(f"{bad[0].location}: {bad[0].problem} (and no record in the file "
+                         f"is a readable conversation)")
+
+
+def records_summary(scan: dict) -> dict:
+    return {"records": scan["good"] + scan["n_bad"], "records_readable": scan["good"],
+            "records_unparseable": scan["n_unparsed"], "record_shapes": scan["shapes"]}
 
 
 @rule("LD100", "unreadable-record", command="dataset", severity=Severity.ERROR)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..datasource import locate
 from ..render import progress
 from .compare import Comparison, compare_dataset, compare_rows
 from .markers import Marker, SourceHit, instance_markers, none_builders
@@ -35,12 +36,13 @@ class Analysis:
     markers: list[Marker] = field(default_factory=list)
     source_hits: list[SourceHit] = field(default_factory=list)
     source: str = ""  # the data file as records name it (for locations)
+    layout: list = field(default_factory=list)  # files and their rows (`datasource.locate`)
 
     def location(self, line: int | None) -> str | None:
         if line is None:
             return None
         named = self.comparison.locations.get(line) if self.comparison is not None else None
-        return named or f"{self.source}:{line}"
+        return named or locate(self.source, self.layout, line)
 
 
 def oracle(ctx) -> Oracle:
@@ -62,26 +64,39 @@ def analysis(ctx) -> Analysis:
             # comes from each row's own tokens.
             markers = instance_markers(user.instance, orc.tokenizer) if user else []
             with progress(ctx, "splitting token rows into turns", ctx.count) as advance:
-                comparison = compare_rows(ctx.rows(), structure(ctx), show, advance, user,
-                                          markers)
+                if getattr(ctx, "shard", None) is not None:  # views logged for `merge`
+                    from .workers import rows_for
+                    comparison = rows_for(ctx, structure(ctx), show, advance, user, markers)
+                else:
+                    comparison = compare_rows(ctx.rows(), structure(ctx), show, advance, user,
+                                              markers)
             hits = none_builders(user.obj, user.instance, user.tokenizer) if user else []
-            result = Analysis(orc.facts, DataStats(), comparison, user, markers, hits, source)
+            result = Analysis(orc.facts, DataStats(), comparison, user, markers, hits, source,
+                              getattr(ctx, "layout", []))
         elif user is None:
             with progress(ctx, "rendering and tokenizing", ctx.count) as advance:
                 stats = scan(orc, ctx.records(), ctx.max_length, ctx.workers, advance,
                              ctx.tokenizer_path)
-            result = Analysis(orc.facts, stats, source=source)
+            result = Analysis(orc.facts, stats, source=source, layout=getattr(ctx, "layout", []))
         else:
             markers = instance_markers(user.instance, orc.tokenizer)
             stats = DataStats()
 
             def total() -> int:
-                return len(user) if user.kind == "class" else ctx.count()
+                sharded = getattr(ctx, "shard", None) is not None
+                return len(user) if user.kind == "class" and not sharded else ctx.count()
             with progress(ctx, f"comparing {user.name} with the chat template", total) as advance:
-                comparison = compare_dataset(user, ctx.records(), orc, stats, markers, show,
-                                             advance, structure(ctx))
+                if ctx.workers > 1 or getattr(ctx, "shard", None) is not None:
+                    # In shares: chunks for worker processes, or this run's shard.
+                    from .workers import compare_for
+                    comparison, stats = compare_for(ctx, user, orc, markers, show, advance,
+                                                    structure(ctx))
+                else:
+                    comparison = compare_dataset(user, ctx.records(), orc, stats, markers, show,
+                                                 advance, structure(ctx))
             hits = none_builders(user.obj, user.instance, user.tokenizer)
-            result = Analysis(orc.facts, stats, comparison, user, markers, hits, source)
+            result = Analysis(orc.facts, stats, comparison, user, markers, hits, source,
+                              getattr(ctx, "layout", []))
         ctx.summary.update(summary(result))
         return result
     return ctx.memo("masking.analysis", compute)
