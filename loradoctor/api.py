@@ -138,7 +138,7 @@ def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, datas
                                             apply_args, peft, dtypes, device, train_steps,
                                             freeze_base, fp16_headroom, keep, model_args)
             else:
-                ctx, title = _adapter_context(adapter, model, apply, device)
+                ctx, title = _adapter_context(adapter, model, apply, device, model_args)
             rules = registry.select(registry.rules_for(_FAMILY[cmd]), chosen_select,
                                     chosen_ignore)
             parts.append(Part(cmd, ctx, rules))  # before validating: close() cleans it up
@@ -344,7 +344,7 @@ def _model_context(model, tokenizer, data, apply, apply_args, peft, dtypes, devi
     return ctx, f"check-model · {_name(model)} · {what}"
 
 
-def _adapter_context(adapter, model, apply, device):
+def _adapter_context(adapter, model, apply, device, model_args=None):
     try:
         from .context import AdapterContext
     except ImportError:
@@ -352,8 +352,10 @@ def _adapter_context(adapter, model, apply, device):
     from .load import resolve_device
     if model is None:
         raise InputError("model: check-adapter needs the base model the adapter was trained on")
-    ctx = AdapterContext(Path(adapter), Path(model), apply_spec=apply,
-                         device=resolve_device(device or "auto"))
+    from .model.user_model import is_spec
+    ctx = AdapterContext(Path(adapter), None if is_spec(model) else Path(model),
+                         apply_spec=apply, device=resolve_device(device or "auto"))
+    _set_model(ctx, model, model_args)
     return ctx, f"check-adapter · {adapter} · base {model}"
 
 

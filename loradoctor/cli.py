@@ -124,7 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "logits, loaded and merged.")
     ad.add_argument("adapter", metavar="ADAPTER",
                     help="PEFT adapter folder (adapter_config.json + weights), or your saved file")
-    ad.add_argument("--model", required=True, metavar="MODEL", help="local base model directory")
+    ad.add_argument("--model", required=True, metavar="MODEL",
+                    help="local base model directory, or your model code: file.py:NAME")
+    ad.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="keyword argument for --model file.py:NAME (repeatable)")
     ad.add_argument("--apply", metavar="SPEC",
                     help="your apply function (file.py:NAME); the load function beside it "
                          "(load_lora, load_adapter, ...) loads ADAPTER")
@@ -219,7 +222,8 @@ def _dispatch(args) -> int:
                       model=args.model, model_args=parse_kwargs(args.model_arg, "--model-arg"))
     elif args.command == "check-adapter":
         inputs = dict(adapter=args.adapter, model=args.model, apply=args.apply,
-                      device=args.device)
+                      device=args.device,
+                      model_args=parse_kwargs(args.model_arg, "--model-arg"))
     else:
         inputs = dict(model=args.model, apply=args.apply, apply_args=parse_kwargs(args.apply_arg),
                       peft=args.peft, data=args.data,

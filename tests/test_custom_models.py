@@ -298,3 +298,34 @@ def test_check_reads_labels_by_the_live_models_convention(gpt_code, qwen3_tokeni
     report = loradoctor.check(model=gpt_code.tiny_gpt(), tokenizer=qwen3_tokenizer_dir,
                               data=MULTITURN, dataset=ld116.good, command="check-dataset")
     assert report.ok and not report.findings
+
+
+# --- check-adapter --model SPEC ------------------------------------------------------------------
+
+
+def test_check_adapter_loads_a_peft_adapter_onto_the_users_own_model(cli, gpt_code, tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    trained = get_peft_model(gpt_code.tiny_gpt(seed=0),
+                             LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"]))
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # stands in for training: B moved away from zero
+        for name, p in trained.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.005)
+    trained.save_pretrained(tmp_path / "adapter")
+    result = cli("check-adapter", tmp_path / "adapter", "--model", NANOGPT, "--json")
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
+    assert not [f for f in data["findings"] if f["severity"] != "info"], data["findings"]
+    assert data["summary"]["loss_convention"]["labels_arg"] == "targets"
+    # By hand: the adapter loaded by PEFT onto the same seeded GPT, every position's logits
+    # (called with targets: without them the GPT returns the last position only).
+    ids = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(0))
+    base = gpt_code.tiny_gpt(seed=0).eval()
+    with torch.no_grad():
+        before = base(ids, ids)[0]
+        served = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+        after = served(ids, ids)[0]
+    assert data["summary"]["served_max_abs_logit_diff"] == \
+        pytest.approx(float((after - before).abs().max()), rel=1e-5)

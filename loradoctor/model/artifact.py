@@ -391,11 +391,13 @@ def _saved_keys(art: Artifact) -> list[str]:
     return [k for k in art.tensors if _split_factor(k)[0] is not None]
 
 
-def _logits(model, probe):
+def _logits(model, probe, conv=None):
+    """(B, T, V) logits, the model called as its convention says (`model.convention`)."""
     import torch
+
+    from .convention import HF, logits
     with torch.no_grad():
-        out = model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"])
-    return out.logits if hasattr(out, "logits") else out[0]
+        return logits(model, probe, conv or HF)
 
 
 def _max_diff(a, b) -> float:
@@ -418,7 +420,7 @@ def _effect(ctx) -> Effect:
         w = getattr(m, "weight", None)
         if isinstance(w, torch.Tensor) and w.dim() == 2:
             eff.module_shapes[name] = tuple(int(x) for x in w.shape)
-    base_logits = _logits(base, probe).float()  # (B, T, V)
+    base_logits = _logits(base, probe, ctx.convention).float()  # (B, T, V)
     eff.base_max_abs = float(base_logits.abs().max())
     if art.kind == "peft":
         _peft_effect(ctx, art, base, base_logits, eff)
@@ -457,18 +459,18 @@ def _peft_effect(ctx, art: Artifact, base, base_logits, eff: Effect) -> None:
     eff.adapters = sum(1 for k in expected if ".lora_A." in k or ".lora_embedding_A" in k)
     match = eff.keys = match_keys(_saved_keys(art), eff.expected_keys)
     if eff.load_error is None:
-        eff.served_diff = _max_diff(_logits(model, ctx.probe), base_logits)
+        eff.served_diff = _max_diff(_logits(model, ctx.probe, ctx.convention), base_logits)
         eff.restored = _restored(art, expected, set(match.matched))
     shaped = {match.fixed[k]: t for k, t in art.tensors.items()
               if k in match.fixed and tuple(expected[match.fixed[k]].shape) == tuple(t.shape)}
     if match.patterns or eff.load_error is not None:
         with torch.no_grad():
             set_peft_model_state_dict(model, shaped)
-        eff.intended_diff = _max_diff(_logits(model, ctx.probe), base_logits)
-    unmerged = _logits(model, ctx.probe).float()
+        eff.intended_diff = _max_diff(_logits(model, ctx.probe, ctx.convention), base_logits)
+    unmerged = _logits(model, ctx.probe, ctx.convention).float()
     try:
         model.merge_adapter()
-        eff.merged_diff = _max_diff(_logits(model, ctx.probe), unmerged)
+        eff.merged_diff = _max_diff(_logits(model, ctx.probe, ctx.convention), unmerged)
         model.unmerge_adapter()
     except Exception as exc:  # noqa: BLE001
         eff.merge_error = _one_line(exc)
@@ -540,7 +542,7 @@ def _user_effect(ctx, art: Artifact, base, base_logits, eff: Effect) -> None:
     except Exception as exc:  # noqa: BLE001
         eff.load_error = f"{art.load_fn.__name__} raised {_one_line(exc)}"
     if eff.load_error is None:
-        eff.served_diff = _max_diff(_logits(model, ctx.probe), base_logits)
+        eff.served_diff = _max_diff(_logits(model, ctx.probe, ctx.convention), base_logits)
         eff.restored = sum(1 for k, a in zip(_keys(found), found)
                            if not (torch.equal(a.A.detach(), before[k][0])
                                    and torch.equal(a.B.detach(), before[k][1])))
@@ -552,9 +554,9 @@ def _user_effect(ctx, art: Artifact, base, base_logits, eff: Effect) -> None:
                  and tuple(state[match.fixed[k]].shape) == tuple(t.shape)}
         with torch.no_grad():
             model.load_state_dict(fixed, strict=False)
-        eff.intended_diff = _max_diff(_logits(model, ctx.probe), base_logits)
+        eff.intended_diff = _max_diff(_logits(model, ctx.probe, ctx.convention), base_logits)
     eff.updates = _peft_updates(model)  # the factors as loaded (keys put right), unmerged
-    unmerged = _logits(model, ctx.probe).float()
+    unmerged = _logits(model, ctx.probe, ctx.convention).float()
     try:
         with torch.no_grad():
             for a in found:
@@ -565,7 +567,7 @@ def _user_effect(ctx, art: Artifact, base, base_logits, eff: Effect) -> None:
                 delta = s * (a.b_matrix().detach().float() @ a.a_matrix().detach().float())
                 w.add_(delta.to(w.device, w.dtype))
                 a.B.zero_()
-        eff.merged_diff = _max_diff(_logits(model, ctx.probe), unmerged)
+        eff.merged_diff = _max_diff(_logits(model, ctx.probe, ctx.convention), unmerged)
     except Exception as exc:  # noqa: BLE001
         eff.merge_error = _one_line(exc)
     del unmerged

@@ -50,8 +50,9 @@ def _train(model_dir, fn_name: str, kwargs: dict, *, scaler: bool) -> dict:
     import torch
 
     from ..load import load_model
-    from ..model.numerics.passes import ModuleRecorder
+    from ..model.convention import call, loss
     from ..model.numerics import specimens
+    from ..model.numerics.passes import ModuleRecorder
 
     torch.manual_seed(0)
     model = load_model(model_dir, "fp32", "cpu")
@@ -62,18 +63,20 @@ def _train(model_dir, fn_name: str, kwargs: dict, *, scaler: bool) -> dict:
     grad_scaler = torch.amp.GradScaler("cpu", enabled=scaler)
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, model.config.vocab_size, BATCH, generator=gen)
+    batch = {"input_ids": ids, "labels": ids}  # aligned: the model shifts them itself
     losses, first_bad = [], None
     for step in range(STEPS):
         if step == 0:
             with ModuleRecorder(model, backward=False) as rec:
-                out = model(input_ids=ids, labels=ids, use_cache=False)
+                out = call(model, batch, labels=True, use_cache=False)
             bad = [s for s in rec.stats() if not s.finite]
             first_bad = min(bad, key=lambda s: s.order).name if bad else None
         else:
-            out = model(input_ids=ids, labels=ids, use_cache=False)
-        losses.append(float(out.loss.detach()))
+            out = call(model, batch, labels=True, use_cache=False)
+        step_loss = loss(out, batch)
+        losses.append(float(step_loss.detach()))
         opt.zero_grad(set_to_none=True)
-        grad_scaler.scale(out.loss).backward()
+        grad_scaler.scale(step_loss).backward()
         grad_scaler.step(opt)
         grad_scaler.update()
     nonfinite_params = sum(int((~torch.isfinite(p.detach())).sum()) for p in params)
@@ -87,6 +90,7 @@ def _smollm2_headroom() -> str:
 
     from ..context import ModelContext
     from ..errors import InputError
+    from ..model.convention import call
     from ..model.numerics.passes import FP16_MAX, ModuleRecorder
 
     try:
@@ -96,8 +100,7 @@ def _smollm2_headroom() -> str:
     except (InputError, OSError) as exc:
         return f"SmolLM2-135M not available here ({exc}): its headroom was not measured"
     with torch.no_grad(), ModuleRecorder(model, backward=False) as rec:
-        model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"],
-              use_cache=False)
+        call(model, probe, use_cache=False)
     stats = [s for s in rec.stats() if s.finite]
     top = max(stats, key=lambda s: s.peak)
     return (f"real SmolLM2-135M-Instruct, fp32, 64 chat tokens: largest activation "

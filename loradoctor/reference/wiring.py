@@ -47,6 +47,7 @@ def _train(model_dir, fn_name: str, steps: int = STEPS) -> dict:
 
     from ..model.adapters import discover
     from ..load import load_model
+    from ..model.convention import logits
     from ..model.safety import rng_preserved
     from ..model.training import train
     from . import minimind
@@ -57,13 +58,13 @@ def _train(model_dir, fn_name: str, steps: int = STEPS) -> dict:
         ids = torch.randint(0, model.config.vocab_size, BATCH, generator=gen)
         batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
         with torch.no_grad():
-            base = model(input_ids=ids).logits
+            base = logits(model, {"input_ids": ids})  # (B, T, V)
         getattr(minimind, fn_name)(model, rank=8, alpha=16)
         adapters = discover(model).adapters
         start_diff = None
         try:
             with torch.no_grad():
-                start_diff = float((model(input_ids=ids).logits - base).abs().max())
+                start_diff = float((logits(model, {"input_ids": ids}) - base).abs().max())
         except Exception:  # noqa: BLE001 - the crash is recorded by the training run below
             pass
         before = [(a.A.detach().clone(), a.B.detach().clone()) for a in adapters]
