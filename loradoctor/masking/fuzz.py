@@ -361,7 +361,7 @@ def validate(ctx) -> None:
         raise InputError(f"--fuzz {ctx.fuzz}: must be a positive number of conversations")
     if ctx.user_dataset is None:
         raise InputError("--fuzz feeds generated conversations to your dataset code: give "
-                         "--dataset too")
+                         "--dataset too (dataset= in the Python API)")
     why_not = can_fuzz(ctx.user_dataset)
     if why_not:
         raise InputError(f"--fuzz: {why_not}")
