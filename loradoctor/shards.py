@@ -190,9 +190,7 @@ def partial(ctx, rules) -> dict:
     if share is not None:
         from .masking.shares import view_decoder
         decode_view = view_decoder(ctx.tokenizer)
-        measurements["views"] = {
-            "show": share.log.show, "keys": list(share.log.keys),
-            "events": [(key, line, decode_view(view)) for key, line, view in share.log.events]}
+        measurements["views"] = share.log.dump(decode_view)
         measurements["variant_lines"] = share.variant_lines
     if "record_scan" in kept:
         measurements["record_scan"] = kept["record_scan"]
@@ -349,14 +347,7 @@ def _merged_analysis(m: list[dict]):
     head = analyses[0]
     total = None
     for a, x in zip(analyses, m):
-        log = None
-        views = x.get("views")
-        if views is not None:
-            log = ViewLog(views["show"])
-            for key in views["keys"]:
-                log.keys.setdefault(key)
-            for key, line, view in views["events"]:
-                log.add(key, line, view)
+        log = ViewLog.load(x["views"]) if "views" in x else None
         share = Share(a.comparison, a.stats, log, list(x.get("variant_lines", [])))
         if total is None:
             total = share

@@ -75,6 +75,21 @@ class ViewLog:
         self.events, self._lines = kept, lines
         return self
 
+    def dump(self, decode=None) -> dict:
+        """The log as plain values (views decoded), for a partial report."""
+        return {"show": self.show, "keys": list(self.keys),
+                "events": [(key, line, decode(view) if decode is not None else view)
+                           for key, line, view in self.events]}
+
+    @classmethod
+    def load(cls, dumped: dict) -> "ViewLog":
+        log = cls(dumped["show"])
+        for key in dumped["keys"]:
+            log.keys.setdefault(key)
+        for key, line, view in dumped["events"]:
+            log.add(key, line, view)
+        return log
+
     def replay(self, decode=None) -> dict[str, list[TokenView]]:
         """The views one pass keeps: the first `show` per rule, each sample at most once."""
         views: dict[str, list[TokenView]] = {key: [] for key in self.keys}
