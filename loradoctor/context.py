@@ -461,7 +461,12 @@ class ModelContext(_Memo):
         on the base model before any adapter exists (a model given adapted: as it is)."""
         def measure():
             from .model.convention import detect
-            conv = detect(self.model_given if self.live_adapted else self.base_model, self.probe)
+            if self.live_adapted:  # measured on its base: a closure-aliased forward may crash
+                from .model.apply import adapters_off
+                with adapters_off(self.model_given, self.seed):
+                    conv = detect(self.model_given, self.probe)
+            else:
+                conv = detect(self.base_model, self.probe)
             self.summary["loss_convention"] = conv.to_dict()
             return conv
         return self.memo("convention", measure)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 
 import pytest
 import torch
@@ -21,6 +22,9 @@ import loradoctor
 
 from .conftest import FIXTURES, PIPELINES
 from .helpers import check_model, found
+from .test_pytest_plugin import modules_imported_once, outcomes  # noqa: F401 - autouse fixture
+
+pytest_plugins = ["pytester"]
 
 MODELS = FIXTURES / "models"
 NANOGPT = f"{MODELS / 'nanogpt_style.py'}:GPT"
@@ -211,6 +215,30 @@ def test_check_takes_a_live_module_and_a_model_spec_with_its_arguments(gpt_code,
     assert report.ok
     assert report.summary["adapters"] == 4  # one block: c_attn, c_proj, c_fc, mlp.c_proj
     assert report.summary["loss_convention"]["ignore_index"] == -1
+
+
+def test_a_live_gpt_adapted_with_the_closure_bug_is_measured_on_its_base(gpt_code, lora_code):
+    model = gpt_code.tiny_gpt(seed=0)
+    lora_code.apply_lora(model, rank=4, alpha=8)  # its own forward now crashes
+    report = loradoctor.check(model=model, select="LD201,LD401")
+    conv = report.summary["loss_convention"]
+    assert conv["measured"] and conv["labels_arg"] == "targets" and conv["ignore_index"] == -1
+    assert {f.code for f in report.errors} == {"LD201", "LD401"}
+
+
+def test_the_pytest_plugin_checks_the_model_named_in_pyproject(pytester):
+    shutil.copy(MODELS / "nanogpt_style.py", pytester.path / "gpt.py")
+    shutil.copy(LORA, pytester.path / "lora.py")
+    table = ('[tool.loradoctor]\nmodel = "gpt.py:GPT"\nmodel-args = {{ n_layer = 1 }}\n'
+             'apply = "lora.py:{}"\napply-args = {{ rank = 4 }}\nselect = ["LD201"]\n')
+    pytester.makefile(".toml", pyproject=table.format("apply_lora"))
+    result = pytester.runpytest("--loradoctor", "-v", "-p", "no:cacheprovider")
+    assert result.ret == 1
+    assert outcomes(result) == {"loradoctor::LD201::closure-aliased-forward": "FAILED"}
+    pytester.makefile(".toml", pyproject=table.format("apply_lora_factory"))
+    result = pytester.runpytest("--loradoctor", "-v", "-p", "no:cacheprovider")
+    assert result.ret == 0
+    assert outcomes(result) == {"loradoctor::LD201::closure-aliased-forward": "PASSED"}
 
 
 @pytest.mark.parametrize("args,message", [

@@ -10,6 +10,8 @@ and are explained by the wiring checks.
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
+from typing import Iterator
 
 from ..errors import InputError
 from ..load import _where
@@ -103,10 +105,19 @@ def fresh_copy(model, seed: int = 0):
 def logits_without_adapters(model, probe, seed: int = 0, conv=None):
     """The model's logits on the probe batch with every adapter's B zeroed for the call
     (called as `conv`, its `model.convention`, says; transformers' way by default)."""
+    from .convention import HF, logits
+
+    with adapters_off(model, seed):
+        return logits(model, probe, conv or HF).detach().clone()  # (B, T, V)
+
+
+@contextmanager
+def adapters_off(model, seed: int = 0) -> Iterator[None]:
+    """The base model inside an adapted one: every adapter's B zeroed (no grad, eval mode)
+    and instance-patched forwards set aside for the block; all put back after it."""
     import torch
 
     from .adapters import discover
-    from .convention import HF, logits
     from .safety import preserved
 
     adapters = discover(model).adapters
@@ -122,7 +133,7 @@ def logits_without_adapters(model, probe, seed: int = 0, conv=None):
             model.eval()
             for a in adapters:
                 a.B.zero_()
-            return logits(model, probe, conv or HF).detach().clone()  # (B, T, V)
+            yield
     finally:
         for m, forward in patched:
             m.forward = forward
