@@ -25,6 +25,9 @@ class RunOutcome:
     # pipeline -> (step index, what went wrong there), where the curve alone does not show it
     # (a damaged start trains on); NaN, a crash or a flat loss are found from the curve itself.
     marks: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # When `flagged` was measured: most runs check the pipeline before training; check-adapter
+    # runs on the adapter a run saved, the callback's gate at train start.
+    flagged_when: str = "before training"
 
 
 @dataclass(frozen=True)

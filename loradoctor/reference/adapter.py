@@ -136,7 +136,8 @@ def run_ddp_adapter() -> RunOutcome:
         and fixed_vs_trained < 1e-4 and fixed["base_diff"] > 1e-3
         and "LD510" in flagged_bug and "LD515" in flagged_bug and flagged_fixed == []
     )
-    return RunOutcome(curves, flagged, verdict, reproduced)
+    return RunOutcome(curves, flagged, verdict, reproduced,
+                      flagged_when="after training, on the saved adapter (check-adapter),")
 
 
 def _span(losses: list[float]) -> str:

@@ -50,7 +50,7 @@ def run_reference(name: str | None, as_json: bool = False, plot: str | None = No
                                     f" real AdamW steps", outcome.curves)))
         for pipeline, codes in outcome.flagged.items():
             flagged = ", ".join(codes) if codes else "nothing (clean)"
-            out.print(Text.assemble("  loradoctor before training on ", (pipeline, "bold"),
+            out.print(Text.assemble(f"  loradoctor {outcome.flagged_when} on ", (pipeline, "bold"),
                                     ": ", (flagged, "red" if codes else "green")))
         for line in outcome.verdict:
             out.print(Text(f"  {line}"))

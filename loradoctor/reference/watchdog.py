@@ -135,7 +135,7 @@ def run_watchdog() -> RunOutcome:
         # Before training the gate sees the healthy first batches: nothing to flag yet.
         flagged={"the first batches (callback's gate)": [f.code for f in callback.report.errors
                                                          if not f.code.startswith("LD42")]},
-        verdict=verdict,
+        verdict=verdict, flagged_when="at train start (the callback's gate)",
         reproduced=hidden and stopped_at == first_nan and steps_cb == stopped_at
                     and not any(not f.code.startswith("LD42") for f in callback.report.errors))
 
