@@ -119,7 +119,10 @@ class DatasetContext(_Memo):
             device = next(model.parameters()).device
             gen = torch.Generator().manual_seed(0)
             ids = torch.randint(0, vocab_size(model), (2, 32), generator=gen).to(device)
-            conv = detect(model, {"input_ids": ids})
+            # On its base: a live model adapted with a closure-aliased forward may crash.
+            from .model.apply import adapters_off
+            with adapters_off(model):
+                conv = detect(model, {"input_ids": ids})
             self.summary["loss_convention"] = conv.to_dict()
             return conv
         if not self.has_model:
