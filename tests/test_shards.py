@@ -243,3 +243,26 @@ def test_merge_refuses_partials_that_are_not_one_whole_run(cli, qwen3_tokenizer_
     whole.write_text(cli(*map(str, args), "--json").out)
     assert "not a partial report" in cli("merge", whole).err
     assert "cannot be read" in cli("merge", tmp_path / "nope.json").err
+
+
+def test_shards_of_a_dataset_instance_in_the_api_merge_into_its_report(qwen3_tokenizer,
+                                                                       big_file):
+    import loradoctor
+    from loradoctor.load import load_spec
+    from loradoctor.shards import merge_partials
+
+    ds = load_spec(CLASS)(qwen3_tokenizer, str(big_file))
+    ds.rows = [r for r in ds.rows[:600] if r is not None]  # an instance alone: token rows
+    whole = loradoctor.check(tokenizer=qwen3_tokenizer, dataset=ds)
+    parts = [loradoctor.check(tokenizer=qwen3_tokenizer, dataset=ds, shard=f"{i}/3")
+             for i in (1, 2, 3)]
+    n = len(ds)
+    assert [p.partial["records"] for p in parts] == [[0, n // 3], [n // 3, 2 * n // 3],
+                                                     [2 * n // 3, n]]
+    merged, _ = merge_partials([{**p.partial, "_path": f"shard {i}"}
+                                for i, p in enumerate(parts, 1)])
+    version = loradoctor.__version__
+    assert comparable(json.dumps(merged.to_dict(version))) == \
+        comparable(json.dumps(whole.to_dict(version)))
+    assert next(f for f in merged.findings if f.code == "LD101").location == "MixedDataset[" \
+        f"{next(f for f in whole.findings if f.code == 'LD101').evidence['lines'][0] - 1}]"
