@@ -305,6 +305,13 @@ def test_for_the_minimind_style_model_the_labels_are_judged_the_hf_way(cli, qwen
     assert ld116["status"] == "skip" and "shifts labels itself (measured)" in ld116["summary"]
 
 
+def test_a_model_directory_is_measured_too(cli, qwen3_tokenizer_dir, tiny_qwen3_dir):
+    code, report = _dataset(cli, qwen3_tokenizer_dir, "ld106.py:bad", "--model", tiny_qwen3_dir)
+    assert code == 1 and [f["code"] for f in report["findings"]] == ["LD106"]
+    conv = report["summary"]["loss_convention"]
+    assert conv["measured"] and conv["shifts"] and conv["ignore_index"] == -100
+
+
 def test_without_a_model_the_hf_convention_is_assumed_and_said(cli, qwen3_tokenizer_dir):
     code, report = _dataset(cli, qwen3_tokenizer_dir, "ld117.py:minus_one")
     assert code == 1 and [f["code"] for f in report["findings"]] == ["LD117"]
