@@ -122,8 +122,10 @@ def model_labels(batch: dict, conv: LossConvention = HF):
     import torch
 
     y = batch["labels"]  # (B, T), aligned with input_ids, -100 = not supervised
-    if conv is HF or (conv.shifts and conv.ignore_index == -100) or not conv.has_loss:
+    if not conv.has_loss or (conv.shifts and conv.ignore_index == -100):
         return y
+    # A loss that ignores nothing cannot be told to skip a position: token 0 stands in (the
+    # last position of an unshifted reading; a probe's labels hold no -100).
     fill = conv.ignore_index if conv.ignore_index is not None else 0
     y = y.masked_fill(y == -100, fill) if conv.ignore_index != -100 else y
     if conv.shifts:
