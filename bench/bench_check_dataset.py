@@ -16,6 +16,16 @@ and as the peak RSS of a fresh process, to show memory is flat in the number of 
 
     .venv/bin/python bench/bench_check_dataset.py [--records 20000] [--workers 1,2]
 
+With `--dataset SPEC` it also times (c) `check-dataset --dataset SPEC` (the user's labelling
+code asked for every sample and compared with the oracle) for each `--workers` value: records
+per second with 1 and 2 processes (each worker builds the user's dataset object itself).
+
+With `--sizes 20000,200000,1000000` it measures instead of N and 2N, in a fresh process per
+size, the peak RSS and the records per second of `check-dataset` on a file of that many
+records (`--format parquet` writes the records as parquet, in row groups, without ever
+holding them all; `--size-workers` and `--size-dataset` choose the run), to show memory flat
+in the number of records. The peak RSS of the worker processes is the largest of them.
+
 Tokenizer loading is outside every timer (both sides use a loaded tokenizer). The CLI runs
 with TOKENIZERS_PARALLELISM=false, and so does this script unless `--rust-threads` is given.
 """
@@ -89,11 +99,33 @@ def bare_loop(tokenizer, convs) -> int:
     return tokens
 
 
-def engine_run(path: Path, tokenizer_dir: Path, workers: int, tokenizer=None):
+def write_parquet(path: Path, n: int, seed: int = 0, group: int = 10000) -> None:
+    """The same records as `write_data`, as parquet, one row group at a time (never all held)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = random.Random(seed)
+    writer = None
+    try:
+        for start in range(0, n, group):
+            recs = [conversation(rng) for _ in range(min(group, n - start))]
+            # one column per shape, null where a record has the other one (as `datasets` does)
+            table = pa.Table.from_pylist([{"messages": r.get("messages"),
+                                           "conversations": r.get("conversations")}
+                                          for r in recs])
+            if writer is None:
+                writer = pq.ParquetWriter(str(path), table.schema)
+            writer.write_table(table, row_group_size=group)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def engine_run(path: Path, tokenizer_dir: Path, workers: int, tokenizer=None, dataset=None):
     from loradoctor import engine, registry
     from loradoctor.context import DatasetContext
 
-    ctx = DatasetContext(path, tokenizer_dir, workers=workers)
+    ctx = DatasetContext(path, tokenizer_dir, dataset, workers=workers)
     if tokenizer is not None:
         ctx.memo("tokenizer", lambda: tokenizer)  # the same loaded tokenizer as the baseline
     ctx.validate_inputs()
@@ -125,6 +157,41 @@ def peak_rss_child(path: Path, tokenizer_dir: Path) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
+def run_child(path: Path, tokenizer_dir: Path, workers: int, dataset: str | None) -> dict:
+    """A fresh process loads the tokenizer and runs the engine: its time, its peak RSS and the
+    largest peak RSS among the worker processes it started (KiB)."""
+    code = ("import json, resource, sys; sys.path.insert(0, %r); "
+            "from bench.bench_check_dataset import engine_run; from pathlib import Path; "
+            "t, r = engine_run(Path(%r), Path(%r), %d, dataset=%r); "
+            "print(json.dumps({'seconds': t, 'exit': r.exit_code, "
+            "'records': r.summary.get('records'), "
+            "'self_kib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+            "'workers_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))"
+            % (str(ROOT), str(path), str(tokenizer_dir), workers, dataset))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def sizes_run(args, tok_dir: Path, tmp: str) -> None:
+    """Peak memory and records/s at each of `--sizes`, one fresh process each."""
+    sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+    what = f"--workers {args.size_workers}" + (f" --dataset {args.size_dataset}"
+                                               if args.size_dataset else "")
+    print(f"check-dataset {what} on {args.format} files (one fresh process per size):")
+    print(f"{'records':>10} {'file MB':>8} {'time s':>8} {'records/s':>10} "
+          f"{'peak RSS MiB':>13} {'worker peak MiB':>16}")
+    for n in sizes:
+        data = Path(tmp) / f"chats_{n}.{args.format}"
+        (write_parquet if args.format == "parquet" else write_data)(data, n)
+        r = run_child(data, tok_dir, args.size_workers, args.size_dataset)
+        assert r["records"] == n, r
+        print(f"{n:>10} {data.stat().st_size / 1e6:>8.1f} {r['seconds']:>8.1f} "
+              f"{n / r['seconds']:>10.0f} {r['self_kib'] / 1024:>13.0f} "
+              f"{r['workers_kib'] / 1024:>16.0f}", flush=True)
+        data.unlink()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=20000)
@@ -134,6 +201,15 @@ def main() -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the memory runs")
     parser.add_argument("--rust-threads", action="store_true",
                         help="let the Rust tokenizer use its thread pool (the CLI does not)")
+    parser.add_argument("--dataset", metavar="SPEC",
+                        help="also time check-dataset --dataset SPEC for each --workers value")
+    parser.add_argument("--sizes", metavar="N,N,...",
+                        help="instead of everything else: peak memory and records/s at these "
+                             "sizes, one fresh process each")
+    parser.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl",
+                        help="the file format of --sizes runs")
+    parser.add_argument("--size-workers", type=int, default=1, metavar="N")
+    parser.add_argument("--size-dataset", metavar="SPEC")
     args = parser.parse_args()
     if not args.rust_threads:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -144,6 +220,10 @@ def main() -> int:
     from loradoctor import assets
 
     tok_dir = assets.qwen3_tokenizer_dir()
+    if args.sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            sizes_run(args, tok_dir, tmp)
+        return 0
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     n = args.records
     with tempfile.TemporaryDirectory() as tmp:
@@ -184,6 +264,17 @@ def main() -> int:
                   f"{tokens / elapsed / 1e3:7.0f} k tok/s   ratio b/a = {elapsed / base:.2f}"
                   f"  (b/a' = {elapsed / base_io:.2f})")
         print(f"(best of {args.repeat} interleaved runs each)")
+        if args.dataset:
+            code_s = {w: float("inf") for w in workers}
+            for _ in range(args.repeat):
+                for w in workers:
+                    elapsed, report = engine_run(data, tok_dir, w, tokenizer, args.dataset)
+                    assert report.exit_code == 0, [f.message for f in report.findings]
+                    code_s[w] = min(code_s[w], elapsed)
+            for w, elapsed in code_s.items():
+                label = f"(c) check-dataset --dataset ({w} worker{'s' if w > 1 else ''}):"
+                print(f"{label:<56}{elapsed:7.2f} s  {n / elapsed:8.0f} conv/s   "
+                      f"x{code_s[workers[0]] / elapsed:.2f} vs {workers[0]} worker")
 
         if not args.no_memory:
             data2 = Path(tmp) / f"chats_{2 * n}.jsonl"

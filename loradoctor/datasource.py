@@ -63,7 +63,8 @@ def is_table(data: str | Path | None) -> bool:
 def check_exists(data: str | Path) -> None:
     """Raise `InputError` (exit 2) for DATA that cannot be read at all."""
     if is_table(data):
-        open_source(data)
+        if open_source(data).total == 0:
+            raise InputError(f"data {data}: holds no rows")
         return
     if not Path(data).is_file():
         raise InputError(f"data {data}: no such file")
@@ -230,7 +231,7 @@ class Part:
 
     def _parquet(self, columns: list[str], lo: int, hi: int):
         pa = _pyarrow()
-        pf = pa.parquet.ParquetFile(str(self.path), memory_map=True)
+        pf = pa.parquet.ParquetFile(str(self.path))
         first = 0
         for g in range(pf.metadata.num_row_groups):
             n = pf.metadata.row_group(g).num_rows
@@ -247,17 +248,21 @@ class Part:
                 return
 
 
-def _arrow_batches(path: Path):
+def _arrow_batches(path: Path, mapped: bool = False):
+    # The rows are read, not memory-mapped: pages of a mapped file stay in the resident set
+    # once touched, so a scan of a 10 GB file would look like 10 GB of memory (reclaimable, but
+    # a scheduler's memory limit may count it). Counting rows maps it: only the batches'
+    # headers are touched then, never their data.
     pa = _pyarrow()
-    source = pa.memory_map(str(path))
-    try:
-        reader = pa.ipc.open_file(source)
-    except pa.ArrowInvalid:  # `save_to_disk` writes the streaming format
-        source = pa.memory_map(str(path))
-        yield from pa.ipc.open_stream(source)
-        return
-    for i in range(reader.num_record_batches):
-        yield reader.get_batch(i)
+    with (pa.memory_map(str(path)) if mapped else pa.OSFile(str(path))) as source:
+        try:
+            reader = pa.ipc.open_file(source)
+        except pa.ArrowInvalid:  # `save_to_disk` writes the streaming format
+            source.seek(0)
+            yield from pa.ipc.open_stream(source)
+            return
+        for i in range(reader.num_record_batches):
+            yield reader.get_batch(i)
 
 
 def _part(path: Path) -> Part:
@@ -265,10 +270,10 @@ def _part(path: Path) -> Part:
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
-            meta = pa.parquet.ParquetFile(str(path), memory_map=True)
+            meta = pa.parquet.ParquetFile(str(path))
             return Part(path, "parquet", meta.metadata.num_rows, tuple(meta.schema_arrow.names))
         rows, names = 0, ()
-        for batch in _arrow_batches(path):
+        for batch in _arrow_batches(path, mapped=True):
             rows += batch.num_rows
             names = names or tuple(batch.schema.names)
         return Part(path, "arrow", rows, names)
@@ -338,18 +343,24 @@ def _without_nulls(row: dict, turns: bool = True) -> dict:
     return out
 
 
-_SOURCES: dict[str, TableSource] = {}
+_SOURCES: dict[str, tuple[tuple, TableSource]] = {}
 
 
 def open_source(data: str | Path) -> TableSource:
-    """The table DATA names (files found and their rows counted once per process)."""
-    key = str(data)
-    if key not in _SOURCES:
-        _SOURCES[key] = _open(key)
-    return _SOURCES[key]
+    """The table DATA names. Its files' row counts are read once per process, and again when a
+    file changed (or a glob matches other files): a long session may rewrite its data."""
+    spec = str(data)
+    files, per_file = _resolve(spec)
+    signature = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+    cached = _SOURCES.get(spec)
+    if cached is None or cached[0] != signature:
+        cached = (signature, TableSource(spec, [_part(f) for f in files], per_file))
+        _SOURCES[spec] = cached
+    return cached[1]
 
 
-def _open(spec: str) -> TableSource:
+def _resolve(spec: str) -> tuple[list[Path], bool]:
+    """The files DATA names, in order, and whether locations name each file."""
     _pyarrow()
     if is_glob(spec):
         files = sorted(Path(f) for f in glob.glob(spec, recursive=True) if Path(f).is_file())
@@ -359,10 +370,10 @@ def _open(spec: str) -> TableSource:
         if others:
             raise InputError(f"data {spec}: matches {others[0]}, which is not a parquet or "
                              f"arrow file (a pattern must match only those)")
-        return TableSource(spec, [_part(f) for f in files], per_file=True)
+        return files, True
     p = Path(spec)
     if p.is_file():
-        return TableSource(spec, [_part(p)], per_file=True)
+        return [p], True
     if not p.exists():
         raise InputError(f"data {spec}: no such file or folder")
     folder = _dataset_folder(p)
@@ -373,12 +384,12 @@ def _open(spec: str) -> TableSource:
         if not files or missing:
             what = f"{missing[0].name}, which is missing" if missing else "no file"
             raise InputError(f"data {spec}: a save_to_disk folder whose state.json names {what}")
-        return TableSource(spec, [_part(f) for f in files], per_file=False)
+        return files, False
     files = sorted(f for f in p.iterdir() if f.suffix.lower() in TABLE_SUFFIXES)
     if not files:
         raise InputError(f"data {spec}: a folder, but neither a datasets save_to_disk folder "
                          f"(state.json) nor one holding parquet or arrow files")
-    return TableSource(spec, [_part(f) for f in files], per_file=True)
+    return files, True
 
 
 def _dataset_folder(p: Path) -> Path:
