@@ -46,6 +46,11 @@ def _static_text(v) -> str:
 def _behaviour_text(v) -> str:
     own = v.adapter
     runs = _runs_text(v)
+    if v.status in ("aliased", "unchecked") and v.residual is None and v.error is None:
+        # Static mode (model/static.py): no layer was called, the code is the evidence.
+        return ("not called (static mode: the weights have no values); the patched forward's "
+                "code reads that reference when it runs" if v.status == "aliased" else
+                "not called (static mode: the weights have no values)")
     if v.status == "crash" or v.ran_at_width is not None:
         text = f"on a {_shape(own.in_features)} input it raises {v.error}"
         if v.ran_at_width is not None and runs:
@@ -152,7 +157,8 @@ def closure_aliased_forward(ctx) -> Outcome:
         if signature in explained:
             same_as = explained[signature]
             how = "raises the same error on its own width" if v.status == "crash" or \
-                v.ran_at_width is not None else "returns that layer's output"
+                v.ran_at_width is not None else "returns that layer's output" \
+                if v.residual is not None else "its code reads the same reference"
             text = f"{head} (the same closure as {same_as}; {how})"
         else:
             explained[signature] = v.adapter.name
@@ -168,7 +174,8 @@ def closure_aliased_forward(ctx) -> Outcome:
         rows.append([v.adapter.name, fwd or "(own)", (adp or "(own)") if adp != "" else "(none)",
                      " + ".join(x for x, on in (("closure", bool(static)),
                                                 ("crash" if v.status == "crash" or v.ran_at_width
-                                                 else "output", confirmed)) if on)])
+                                                 else "output" if v.residual is not None
+                                                 else "code", confirmed)) if on)])
     targets = sorted({_target(v)[0] or "" for v in bad} - {""})
     fwd_error = None
     if bad and any(v.status in ("crash",) or v.ran_at_width for v in bad):
@@ -378,10 +385,13 @@ def adapter_never_called(ctx) -> Outcome:
         a = v.adapter
         how = "its forward is not patched" if not v.patched and a.style == "attached" else \
             "its forward does not add the adapter's output"
+        measured = (f"{a.name}'s output is exactly F.linear(x, weight, bias) with its adapter "
+                    f"{a.owner_name or a.A_name} (r={a.rank}) set to random values: {how}"
+                    if v.residual is not None else  # static mode: read from the code
+                    f"{a.name}'s adapter {a.owner_name or a.A_name} (r={a.rank}) is attached but "
+                    f"{how} (read from the code: static mode)")
         findings.append(adapter_never_called.finding(
-            f"{a.name}'s output is exactly F.linear(x, weight, bias) with its adapter "
-            f"{a.owner_name or a.A_name} (r={a.rank}) set to random values: {how}, so the "
-            f"adapter gets no gradient", location=a.name,
+            f"{measured}, so the adapter gets no gradient", location=a.name,
             evidence={"module": a.name, "patched": v.patched, "style": a.style,
                       "relative_delta": v.residual},
             fix="make the layer's forward return original_forward(x) + lora(x)"))
@@ -652,18 +662,8 @@ def _coverage_table(cells, kinds, layers) -> Table:
 
 
 def _ranges(values: list[int]) -> str:
-    out, start, prev = [], None, None
-    for v in values:
-        if start is None:
-            start = prev = v
-        elif v == prev + 1:
-            prev = v
-        else:
-            out.append(str(start) if start == prev else f"{start}-{prev}")
-            start = prev = v
-    if start is not None:
-        out.append(str(start) if start == prev else f"{start}-{prev}")
-    return "layers " + ", ".join(out)
+    from ..model.adapters import layer_ranges  # imports torch: only when a finding needs it
+    return layer_ranges(values)
 
 
 RULES = [closure_aliased_forward, forward_patched_on_class, module_patched_twice,

@@ -91,6 +91,22 @@ def layer_of(name: str) -> int | None:
     return int(found[0]) if found else None
 
 
+def layer_ranges(values: list[int]) -> str:
+    """`layers 0-3, 7, 9-11` for sorted layer indexes."""
+    out, start, prev = [], None, None
+    for v in values:
+        if start is None:
+            start = prev = v
+        elif v == prev + 1:
+            prev = v
+        else:
+            out.append(str(start) if start == prev else f"{start}-{prev}")
+            start = prev = v
+    if start is not None:
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+    return "layers " + ", ".join(out)
+
+
 @dataclass(eq=False)
 class Adapter:
     """One low-rank pair and the layer it adapts."""

@@ -19,6 +19,8 @@ The closest real names (difflib) come with each entry that matches nothing.
 
 from __future__ import annotations
 
+from .adapters import layer_ranges as _ranges
+
 import difflib
 import re
 from dataclasses import dataclass, field
@@ -294,16 +296,3 @@ def closest(entry: Any, names: list[str], n: int = CLOSEST) -> list[str]:
     return difflib.get_close_matches(text, pool, n=n, cutoff=0.5)
 
 
-def _ranges(values: list[int]) -> str:
-    out, start, prev = [], None, None
-    for v in values:
-        if start is None:
-            start = prev = v
-        elif v == prev + 1:
-            prev = v
-        else:
-            out.append(str(start) if start == prev else f"{start}-{prev}")
-            start = prev = v
-    if start is not None:
-        out.append(str(start) if start == prev else f"{start}-{prev}")
-    return "layers " + ", ".join(out)
