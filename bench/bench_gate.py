@@ -8,7 +8,8 @@ SmolLM2-135M-Instruct (fp32, CPU), measured side by side in one run.
     Timed steps alternate between plain steps and steps that also call `watch.step(loss)`
     (the Watchdog the Trainer callback uses, reading the loss and the trainable gradients'
     norm), after two untimed warm-up steps; the medians of each are compared.
-(b) `loradoctor.gate(model=<the live PEFT model>, tokenizer=..., dtypes="fp32")`: every
+(b) `loradoctor.check(model=<the live PEFT model>, tokenizer=..., dtypes="fp32")` (what
+    `gate` runs) before any training step, as at the top of a training script: every
     check-model rule on the live model (no data rules), timed once, compared with
     `--train-steps` (6) training steps of the same model: the issue's budget.
 
@@ -53,6 +54,11 @@ def main() -> None:
         stream = stream + stream
     ids = torch.tensor(stream[:4 * 128]).view(4, 128)  # (B, T)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    # The gate first, as at the top of a training script: a fresh adapter (B zero).
+    start = time.perf_counter()
+    report = loradoctor.check(model=model, tokenizer=tok, dtypes="fp32")
+    t_gate = time.perf_counter() - start
+
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
     watch = loradoctor.Watchdog(model, on_error="warn")
@@ -84,10 +90,6 @@ def main() -> None:
     t_plain, t_watched = statistics.median(plain), statistics.median(watched)
     t_over = statistics.median(overhead)
 
-    model.eval()
-    start = time.perf_counter()
-    report = loradoctor.check(model=model, tokenizer=tok, dtypes="fp32")
-    t_gate = time.perf_counter() - start
     budget = args.train_steps * t_plain
 
     print(f"SmolLM2-135M-Instruct, PEFT LoRA r=8 all-linear, batch 4x128, fp32, CPU "
