@@ -92,7 +92,7 @@ def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, datas
             select: Sequence[str] | str | None = None, ignore: Sequence[str] | str | None = None,
             fuzz: int = 0, seed: int = 0, show: int = 3, workers: int = 1,
             fp16_headroom: float = 4.0, command: str | None = None,
-            shard: str | tuple[int, int] | None = None) -> Run:
+            shard: str | tuple[int, int] | None = None, static: bool = False) -> Run:
     """Check and load the inputs (raising `InputError` for what cannot be read) and choose rules.
 
     `command` is one of `check-dataset`, `check-model`, `check-adapter` (the CLI's); without
@@ -105,6 +105,10 @@ def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, datas
 
     `shard` (`"2/8"` or `(2, 8)`) checks only the second of 8 contiguous shares of the records;
     the Report then carries `partial`, which `loradoctor merge` joins (`shards.py`).
+
+    `static=True` builds the model on the meta device and runs only the model rules that need
+    no weight values (`model/static.py`); a directory whose weights do not fit in memory, or
+    that holds only its config, is checked that way without asking.
     """
     from . import registry
 
@@ -137,6 +141,7 @@ def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, datas
                 ctx, title = _model_context(model, tokenizer, _path_or_none(data), apply,
                                             apply_args, peft, dtypes, device, train_steps,
                                             freeze_base, fp16_headroom, keep, model_args)
+                ctx.static = bool(static)
             else:
                 ctx, title = _adapter_context(adapter, model, apply, device, model_args)
             rules = registry.select(registry.rules_for(_FAMILY[cmd]), chosen_select,
@@ -144,6 +149,9 @@ def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, datas
             parts.append(Part(cmd, ctx, rules))  # before validating: close() cleans it up
             titles.append(title)
             ctx.validate_inputs()
+            if cmd == "check-model":
+                from .model.static import rules_for
+                parts[-1].rules = rules_for(ctx, parts[-1].rules)
     except BaseException:
         Run(parts, "", keep).close()  # put back what the parts built so far borrowed
         raise

@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--freeze-base", action="store_true",
                     help="freeze every non-adapter parameter after the apply function, as a "
                          "training script that freezes the base later does")
+    md.add_argument("--static", action="store_true",
+                    help="build the model on the meta device (no weights loaded) and run only "
+                         "the rules that need no weight values; automatic when the weights do "
+                         "not fit in memory or the directory holds only config.json")
     md.add_argument("--fp16-headroom", type=float, default=4.0, metavar="X",
                     help="warn (LD302) when an fp32 activation is within X times fp16's limit "
                          "65504 (default 4)")
@@ -229,7 +233,7 @@ def _dispatch(args) -> int:
                       peft=args.peft, data=args.data,
                       tokenizer=args.tokenizer, dtypes=args.dtypes, device=args.device,
                       train_steps=args.train_steps, fp16_headroom=args.fp16_headroom,
-                      freeze_base=args.freeze_base,
+                      freeze_base=args.freeze_base, static=args.static,
                       model_args=parse_kwargs(args.model_arg, "--model-arg"))
     inputs.update(select=args.select, ignore=args.ignore, command=args.command)
     err = console(stderr=True)

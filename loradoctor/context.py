@@ -361,6 +361,10 @@ class ModelContext(_Memo):
     # Freeze every non-adapter parameter of the adapted model before the checks, as a training
     # script that freezes the base after the apply function does; undone by `cleanup()`.
     freeze_base: bool = False
+    # Static mode (`--static`, or weights that do not fit): the model is built on the meta
+    # device and only the rules that need no weight values run (`model/static.py`).
+    static: bool = False
+    static_why: str | None = None
 
     @property
     def model_name(self) -> str:
@@ -376,6 +380,7 @@ class ModelContext(_Memo):
     def validate_inputs(self) -> None:
         if self.model_given is None and self.model_spec is None:
             load.local_dir(self.model_dir, "model")
+        self._decide_static()
         if self.tokenizer_dir is not None:
             load.local_dir(self.tokenizer_dir, "tokenizer")
         if self.data is not None and not Path(self.data).is_file():
@@ -384,7 +389,7 @@ class ModelContext(_Memo):
             raise InputError("--apply and --peft: give one of them, not both")
         _ = self.apply_fn
         _ = self.adapted  # applying the user's code is input handling: it raising is exit 2
-        if self.live_adapted:
+        if self.live_adapted and not self.static:
             try:  # a model given adapted must at least run forward (it did not pass our apply)
                 _ = self.base_logits
             except InputError:
@@ -414,8 +419,28 @@ class ModelContext(_Memo):
             return None
         return self.memo("tokenizer", find)
 
+    def _decide_static(self) -> None:
+        """Static mode when asked for, or when the directory's weights cannot be loaded here."""
+        from .model import static
+        why = None if self.static else static.static_reason(self.model_dir, self.device)
+        if why is not None:
+            self.static, self.static_why = True, why
+        elif self.static and self.static_why is None:
+            self.static_why = "--static"
+        if self.static:
+            self.summary["static_mode"] = {"reason": self.static_why,
+                                           "rules": list(static.STATIC_RULES)}
+
+    def _no_values(self, what: str) -> None:
+        if self.static:
+            from .rules import SkipCheck
+            raise SkipCheck(f"static mode ({self.static_why}): {what} needs weight values")
+
     def fresh_base_model(self):
         """A new copy of the base model (for checks that need an untouched one)."""
+        if self.static:
+            from .model.static import build_meta
+            return build_meta(self)
         if self.model_given is not None:
             if self.live_adapted:
                 raise InputError("a fresh base model is not available for a model given "
@@ -456,12 +481,15 @@ class ModelContext(_Memo):
     @property
     def probe(self) -> dict[str, Any]:
         from .model.probe import probe_batch
+        self._no_values("the probe batch")
         return self.memo("probe", lambda: probe_batch(self))
 
     @property
     def convention(self):
         """How the model is called and how its loss reads labels (`model.convention`), measured
         on the base model before any adapter exists (a model given adapted: as it is)."""
+        self._no_values("measuring the loss convention")
+
         def measure():
             from .model.convention import detect
             if self.live_adapted:  # measured on its base: a closure-aliased forward may crash
@@ -476,12 +504,17 @@ class ModelContext(_Memo):
 
     @property
     def convention_note(self) -> str:
+        if self.static:
+            from .model.static import note
+            return note(self)
         return f"loss convention: {self.convention.describe()}"
 
     @property
     def base_logits(self):
         """Logits of the base model on the probe batch, taken before any adapter exists."""
         import torch
+
+        self._no_values("the base logits")
 
         def compute():
             from .model.convention import logits
@@ -510,7 +543,8 @@ class ModelContext(_Memo):
         if self.live_adapted:
             model = self.model_given
         else:
-            _ = self.base_logits  # must be taken before the adapters change the model
+            if not self.static:
+                _ = self.base_logits  # must be taken before the adapters change the model
             model = self.memo("adapted", lambda: apply_adapters(self))
         if self.freeze_base:
             from .model.freeze import freeze_base

@@ -44,6 +44,7 @@ KEYS: dict[str, tuple[str, str]] = {
     "ignore": ("codes", "ignore"),
     "train-steps": ("int", "train_steps"),
     "freeze-base": ("bool", "freeze_base"),
+    "static": ("bool", "static"),
     "fuzz": ("int", "fuzz"),
     "seed": ("int", "seed"),
     "strict": ("bool", None),  # warnings fail (the same as --loradoctor-strict)
