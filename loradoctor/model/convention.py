@@ -71,7 +71,7 @@ class LossConvention:
         return f"ignores {self.ignore_index}"
 
     def describe(self) -> str:
-        """One line for the report's header: `HF-style output, shifts labels itself, ignores -100`."""
+        """The report header's line: `HF-style output, shifts labels itself, ignores -100`."""
         if not self.measured:
             assumed = ("HF convention assumed: labels aligned with input_ids, shifted inside "
                        "the model, -100 ignored")
@@ -156,7 +156,7 @@ def logits_of(out, shape: tuple[int, ...] | None = None):
 
 
 def own_loss(out):
-    """The loss a forward returned itself (`.loss`, `["loss"]`, a 0-d tensor in a tuple), or None."""
+    """The loss a forward returned (`.loss`, `["loss"]`, a 0-d tensor in a tuple), or None."""
     import torch
 
     if hasattr(out, "logits"):
