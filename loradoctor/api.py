@@ -92,7 +92,8 @@ def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, datas
             select: Sequence[str] | str | None = None, ignore: Sequence[str] | str | None = None,
             fuzz: int = 0, seed: int = 0, show: int = 3, workers: int = 1,
             fp16_headroom: float = 4.0, command: str | None = None,
-            shard: str | tuple[int, int] | None = None, static: bool = False) -> Run:
+            shard: str | tuple[int, int] | None = None, static: bool = False,
+            offload: bool | dict | str | None = None) -> Run:
     """Check and load the inputs (raising `InputError` for what cannot be read) and choose rules.
 
     `command` is one of `check-dataset`, `check-model`, `check-adapter` (the CLI's); without
@@ -108,7 +109,10 @@ def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, datas
 
     `static=True` builds the model on the meta device and runs only the model rules that need
     no weight values (`model/static.py`); a directory whose weights do not fit in memory, or
-    that holds only its config, is checked that way without asking.
+    that holds only its config, is checked that way without asking. `offload=True` (or
+    accelerate's `max_memory`, `{"cpu": "8GB"}` / `"cpu=8GB"`) loads the model directory with
+    `device_map="auto"` over GPU, CPU and disk instead, so the value rules run on a model
+    larger than one device (`model/offload.py`).
     """
     from . import registry
 
@@ -142,6 +146,9 @@ def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, datas
                                             apply_args, peft, dtypes, device, train_steps,
                                             freeze_base, fp16_headroom, keep, model_args)
                 ctx.static = bool(static)
+                if offload is not None and offload is not False:
+                    from .model.offload import parse_max_memory
+                    ctx.offload = parse_max_memory(offload)
             else:
                 ctx, title = _adapter_context(adapter, model, apply, device, model_args)
             rules = registry.select(registry.rules_for(_FAMILY[cmd]), chosen_select,
@@ -150,8 +157,8 @@ def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, datas
             titles.append(title)
             ctx.validate_inputs()
             if cmd == "check-model":
-                from .model.static import rules_for
-                parts[-1].rules = rules_for(ctx, parts[-1].rules)
+                from .model import offload as offload_, static as static_
+                parts[-1].rules = static_.rules_for(ctx, offload_.rules_for(ctx, parts[-1].rules))
     except BaseException:
         Run(parts, "", keep).close()  # put back what the parts built so far borrowed
         raise

@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="build the model on the meta device (no weights loaded) and run only "
                          "the rules that need no weight values; automatic when the weights do "
                          "not fit in memory or the directory holds only config.json")
+    md.add_argument("--offload", nargs="?", const=True, default=None, metavar="MAX_MEMORY",
+                    help="load the model with accelerate's device_map=\"auto\" over GPU, CPU "
+                         "and disk, so the value rules run on a model larger than one device; "
+                         "optionally accelerate's max_memory as cpu=8GB,0=20GB")
     md.add_argument("--fp16-headroom", type=float, default=4.0, metavar="X",
                     help="warn (LD302) when an fp32 activation is within X times fp16's limit "
                          "65504 (default 4)")
@@ -234,6 +238,7 @@ def _dispatch(args) -> int:
                       tokenizer=args.tokenizer, dtypes=args.dtypes, device=args.device,
                       train_steps=args.train_steps, fp16_headroom=args.fp16_headroom,
                       freeze_base=args.freeze_base, static=args.static,
+                      offload=args.offload,
                       model_args=parse_kwargs(args.model_arg, "--model-arg"))
     inputs.update(select=args.select, ignore=args.ignore, command=args.command)
     err = console(stderr=True)

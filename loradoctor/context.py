@@ -365,6 +365,9 @@ class ModelContext(_Memo):
     # device and only the rules that need no weight values run (`model/static.py`).
     static: bool = False
     static_why: str | None = None
+    # `--offload`: loaded with accelerate's device_map="auto" over GPU, CPU and disk; the dict
+    # is accelerate's max_memory ({} lets accelerate decide); None: loaded whole on `device`.
+    offload: dict | None = None
 
     @property
     def model_name(self) -> str:
@@ -422,7 +425,8 @@ class ModelContext(_Memo):
     def _decide_static(self) -> None:
         """Static mode when asked for, or when the directory's weights cannot be loaded here."""
         from .model import static
-        why = None if self.static else static.static_reason(self.model_dir, self.device)
+        why = None if self.static or self.offload is not None else \
+            static.static_reason(self.model_dir, self.device)
         if why is not None:
             self.static, self.static_why = True, why
         elif self.static and self.static_why is None:
@@ -441,6 +445,9 @@ class ModelContext(_Memo):
         if self.static:
             from .model.static import build_meta
             return build_meta(self)
+        if self.offload is not None:
+            from .model.offload import load_offloaded
+            return load_offloaded(self)
         if self.model_given is not None:
             if self.live_adapted:
                 raise InputError("a fresh base model is not available for a model given "
@@ -556,6 +563,9 @@ class ModelContext(_Memo):
         frozen = self.__dict__.get("_memo", {}).pop("frozen_base", None)
         if frozen is not None and frozen[0]:
             frozen[1].restore()
+        if self.offload is not None:  # the temporary folders of offloaded weights
+            from .model.offload import cleanup
+            cleanup(self)
 
 
 @dataclass

@@ -537,8 +537,8 @@ class ForwardRefs:
 def forward_refs(module: nn.Module) -> ForwardRefs | None:
     """The references of `module.__dict__['forward']`, or None when forward is not patched."""
     fn = module.__dict__.get("forward")
-    if fn is None:
-        return None
+    if fn is None or _accelerate_hook(fn) is module:
+        return None  # accelerate's offload hook (device_map="auto") is not the user's patch
     refs = ForwardRefs(fn)
     _walk(fn, "forward", 0, set(), refs, module)
     return refs
@@ -559,6 +559,10 @@ def _walk(obj: Any, via: str, depth: int, seen: set[int], refs: ForwardRefs, hos
             refs.calls.append((via, obj.__self__))
             return True
         return _walk(obj.__func__, via, depth + 1, seen, refs, host)
+    hooked = _accelerate_hook(obj)
+    if hooked is not None:  # accelerate's hooked forward of a module: that module's forward
+        refs.calls.append((via, hooked))
+        return True
     if isinstance(obj, functools.partial):
         direct = False
         for i, arg in enumerate(obj.args):
@@ -597,6 +601,15 @@ def _walk(obj: Any, via: str, depth: int, seen: set[int], refs: ForwardRefs, hos
             refs.names_forward = True
         return holds
     return False
+
+
+def _accelerate_hook(obj: Any) -> nn.Module | None:
+    """The module whose forward `obj` is when `obj` is accelerate's hooked forward
+    (`functools.partial(new_forward, module)`, set by `add_hook_to_module`), else None."""
+    if isinstance(obj, functools.partial) and obj.args and isinstance(obj.args[0], nn.Module) \
+            and (getattr(obj.func, "__module__", "") or "").startswith("accelerate."):
+        return obj.args[0]
+    return None
 
 
 def class_patched(model: nn.Module) -> list[dict]:

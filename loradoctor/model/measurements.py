@@ -186,12 +186,14 @@ def _module_probe(ctx) -> ModuleProbe:
             key = ("base", name, width)
             if key not in cache:
                 from .adapters import linear_weight
-                w = linear_weight(layer)
-                if w is None or w.shape[1] != width:
-                    return None
-                b = getattr(layer, "bias", None)
-                cache[key] = F.linear(x_for(width), w.detach().float().cpu(),
-                                      None if b is None else b.detach().float().cpu())
+                from .offload import weights_of
+                with weights_of(layer):  # an offloaded layer's weights, for this call only
+                    w = linear_weight(layer)
+                    if w is None or w.shape[1] != width:
+                        return None
+                    b = getattr(layer, "bias", None)
+                    cache[key] = F.linear(x_for(width), w.detach().float().cpu(),
+                                          None if b is None else b.detach().float().cpu())
             return cache[key]
 
         def low_out(a2: Adapter, width: int) -> torch.Tensor | None:
@@ -209,7 +211,9 @@ def _module_probe(ctx) -> ModuleProbe:
             v = LayerVerdict(a, "ok", a.in_features, patched="forward" in a.host.__dict__)
             _static(v, a, disc, owners)
             verdicts.append(v)
-            x = x_for(a.in_features).to(a.base_weight().device, a.base_weight().dtype)
+            from .offload import device_for
+            x = x_for(a.in_features).to(device_for(a.base, a.base_weight()),
+                                        a.base_weight().dtype)
             try:
                 y = _call(a.host, x)
             except RecursionError as exc:

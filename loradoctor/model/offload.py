@@ -1,0 +1,151 @@
+"""Offloaded loading: check-model's value rules on a model larger than one device.
+
+`check-model --offload` (`check(offload=True)`, or `offload={"cpu": "8GB"}` for accelerate's
+`max_memory`) loads the model with accelerate's big-model loading, `device_map="auto"`: the
+layers that fit go to the GPU, then to the CPU, and the rest to a temporary folder on disk
+(removed after the run). Each offloaded layer's weights are brought in by accelerate's hook for
+the call that needs them and dropped after, so the whole-model forwards (identity start,
+gradient flow, training steps) run as they do on a model in memory; the per-layer probe of the
+wiring rules brings one layer's weights in at a time (`weights_of`).
+
+Two families cannot work on offloaded weights and are skipped with the reason
+(`OFFLOAD_SKIPPED`): numerics (LD3xx) casts the whole model to fp16 / bf16 copies, and
+persistence (LD5xx) perturbs the factors against the base weights' norms, builds a second
+copy and merges `B @ A` into base weights in place, which offloaded tensors (meta
+placeholders backed by files) do not allow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import InputError
+from ..rules import Rule, SkipCheck
+
+OFFLOAD_SKIPPED = ("LD3", "LD5")
+
+
+def parse_max_memory(text: str | dict | None) -> dict:
+    """`cpu=2GB,0=20GB` (or a dict) as accelerate's `max_memory`: device keys (GPU index,
+    `cpu`, `mps`) to sizes (`"2GB"` or bytes)."""
+    if text is None or text is True:
+        return {}
+    if isinstance(text, dict):
+        return {(int(k) if str(k).isdigit() else k): v for k, v in text.items()}
+    out: dict = {}
+    for part in str(text).split(","):
+        key, sep, size = part.strip().partition("=")
+        if not sep or not key or not size:
+            raise InputError(f"--max-memory {text!r}: expected DEVICE=SIZE[,DEVICE=SIZE] "
+                             f"(cpu=2GB,0=20GB)")
+        out[int(key) if key.isdigit() else key] = int(size) if size.isdigit() else size
+    return out
+
+
+def load_offloaded(ctx):
+    """The base model, fp32, eval mode, dispatched by accelerate over GPU, CPU and disk."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ..load import _one_line, local_dir
+
+    try:
+        import accelerate  # noqa: F401
+    except ImportError as exc:
+        raise InputError("--offload needs the accelerate package: pip install accelerate") \
+            from exc
+    if ctx.model_dir is None:
+        raise InputError("--offload loads a model directory (device_map=\"auto\"); a model "
+                         "object or SPEC is placed by your own code")
+    d = local_dir(ctx.model_dir, "model")
+    folder = tempfile.mkdtemp(prefix="loradoctor-offload-")
+    ctx.__dict__.setdefault("_offload_folders", []).append(folder)
+    kwargs = {"max_memory": ctx.offload} if ctx.offload else {}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(d), dtype=torch.float32, device_map="auto", offload_folder=folder,
+            local_files_only=True, **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"model {ctx.model_dir}: cannot be loaded with device_map=\"auto\": "
+                         f"{_one_line(exc)}") from exc
+    placed = getattr(model, "hf_device_map", {}) or {}
+    ctx.summary["offload"] = {"device_map": {k: str(v) for k, v in placed.items()},
+                              "disk": sum(1 for v in placed.values() if v == "disk"),
+                              "max_memory": {str(k): v for k, v in (ctx.offload or {}).items()}}
+    return model.eval()
+
+
+def cleanup(ctx) -> None:
+    for folder in ctx.__dict__.pop("_offload_folders", []):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def rules_for(ctx, rules: list[Rule]) -> list[Rule]:
+    """With offloaded weights, the numerics and persistence rules become skips that say why.
+
+    Adapters the user's code created on an offloaded layer's weight device (`.to(
+    module.weight.device)`, the meta device there) have no values at all: the run falls back
+    to static mode (`model/static.py`) and says so."""
+    if getattr(ctx, "offload", None) is None:
+        return rules
+    on_meta = adapters_on_meta(ctx)
+    if on_meta and not ctx.static:
+        from .static import STATIC_RULES
+        ctx.static = True
+        ctx.static_why = (f"{on_meta[0]}'s adapter (and {len(on_meta) - 1} more) was created on "
+                          f"the meta device, where its offloaded layer's weight sits between "
+                          f"calls; create adapters on the hook's execution device")
+        ctx.summary["static_mode"] = {"reason": ctx.static_why, "rules": list(STATIC_RULES)}
+    return [_skipping(r) if r.code.startswith(OFFLOAD_SKIPPED) else r for r in rules]
+
+
+def adapters_on_meta(ctx) -> list[str]:
+    from .measurements import discovery
+    return [a.name for a in discovery(ctx).adapters
+            if a.A.device.type == "meta" or a.B.device.type == "meta"]
+
+
+def _skipping(rule: Rule) -> Rule:
+    why = ("casts the whole model to fp16 / bf16 copies" if rule.code.startswith("LD3") else
+           "writes into the base weights in place and loads a second copy")
+
+    def check(ctx):
+        raise SkipCheck(f"offloaded weights (device_map=\"auto\"): this rule {why}, which "
+                        f"offloaded weights do not allow")
+    check.__doc__ = rule.check.__doc__
+    return dataclasses.replace(rule, check=check)
+
+
+def is_offloaded(module) -> bool:
+    hook = getattr(module, "_hf_hook", None)
+    return bool(getattr(hook, "offload", False))
+
+
+@contextlib.contextmanager
+def weights_of(*modules) -> Iterator[None]:
+    """The modules' offloaded weights brought in for the block (no-op for weights in memory)."""
+    with contextlib.ExitStack() as stack:
+        for m in modules:
+            if m is not None and is_offloaded(m):
+                from accelerate.utils import align_module_device
+                stack.enter_context(align_module_device(m))
+        yield
+
+
+def device_for(module, tensor):
+    """Where an input for `module` must go: its hook's execution device when its weights are
+    offloaded (they sit on the meta device between calls), else the tensor's device."""
+    hook = getattr(module, "_hf_hook", None)
+    if tensor.device.type == "meta" and hook is not None:
+        return getattr(hook, "execution_device", None) or "cpu"
+    return tensor.device
+
+
+def folder_size(ctx) -> int:
+    return sum(p.stat().st_size for f in ctx.__dict__.get("_offload_folders", [])
+               for p in Path(f).rglob("*") if p.is_file())
