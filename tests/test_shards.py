@@ -266,3 +266,17 @@ def test_shards_of_a_dataset_instance_in_the_api_merge_into_its_report(qwen3_tok
         comparable(json.dumps(whole.to_dict(version)))
     assert next(f for f in merged.findings if f.code == "LD101").location == "MixedDataset[" \
         f"{next(f for f in whole.findings if f.code == 'LD101').evidence['lines'][0] - 1}]"
+
+
+@pytest.mark.slow  # each spawned worker imports transformers and loads the tokenizer anew
+def test_spawned_workers_load_the_tokenizer_and_the_code_again_and_agree(
+        cli, qwen3_tokenizer_dir, tmp_path, monkeypatch):
+    # Where there is no fork (Windows, and macOS's default), workers start from nothing.
+    from loradoctor.masking import workers
+
+    data = _kit().write_jsonl(tmp_path / "mixed.jsonl", 700, seed=3)
+    args = ["check-dataset", data, "--tokenizer", qwen3_tokenizer_dir, "--dataset", CLASS,
+            "--select", "LD101,LD103,LD104"]
+    one = run_json(cli, *args)
+    monkeypatch.setattr(workers, "START_METHOD", "spawn")
+    assert run_json(cli, *args, "--workers", 2) == one

@@ -47,6 +47,7 @@ class Recipe:
 
 
 _STATE: dict = {}  # per process: the recipe, and once built the oracle, structure and user
+START_METHOD: str | None = None  # "fork" where the platform has it, else "spawn"
 
 
 def _build(recipe: Recipe) -> None:
@@ -141,7 +142,7 @@ def compare_in_shares(user: UserData, records: Iterable, oracle: Oracle, markers
 
 def _in_pool(total: Share, recipe: Recipe, oracle: Oracle, workers: int, work, advance) -> None:
     methods = multiprocessing.get_all_start_methods()
-    mp = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    mp = multiprocessing.get_context(START_METHOD or ("fork" if "fork" in methods else "spawn"))
     # A fork after the Rust tokenizer used its thread pool would make it warn and fall back to
     # one thread; the processes are the parallelism now.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
