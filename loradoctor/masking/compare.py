@@ -578,11 +578,8 @@ def compare_dataset(user: UserData, records, oracle, stats: DataStats, markers: 
     return res
 
 
-def compare_rows(rows, structure: StructureOracle, show: int, advance=lambda n=1: None,
-                 user: UserData | None = None, markers: list[Marker] = ()) -> Comparison:
-    """Compare token rows (`rows.Row`, streamed) with their own structure."""
-    oracle = structure.oracle
-    comparer = Comparer(oracle.facts, user, list(markers), oracle.tokenizer, show, structure)
+def feed_rows(comparer: Comparer, rows, advance=lambda n=1: None) -> None:
+    """Give every token row to `comparer`; an unreadable row is counted with its reason."""
     res = comparer.result
     for row in rows:
         res.n_records += 1
@@ -595,6 +592,15 @@ def compare_rows(rows, structure: StructureOracle, show: int, advance=lambda n=1
         if len(res.locations) < MAX_ROW_PROBLEMS:
             res.locations[row.line] = row.location  # "batch 0 row 1", "dataset[7]"
         advance(1)
+
+
+def compare_rows(rows, structure: StructureOracle, show: int, advance=lambda n=1: None,
+                 user: UserData | None = None, markers: list[Marker] = ()) -> Comparison:
+    """Compare token rows (`rows.Row`, streamed) with their own structure."""
+    oracle = structure.oracle
+    comparer = Comparer(oracle.facts, user, list(markers), oracle.tokenizer, show, structure)
+    feed_rows(comparer, rows, advance)
+    res = comparer.result
     if res.bad_rows and not res.samples:
         line, location, problem = res.row_problems[0]
         raise InputError(f"{location}: {problem} (and no row holds input_ids and labels)")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .compare import MAX_ROW_PROBLEMS
+from .compare import feed_rows
 from .oracle import Oracle
 from .scan import CHUNK, DataStats
 from .shares import RecordingComparer, Share
@@ -186,18 +186,7 @@ def rows_in_share(rows: Iterable, structure: StructureOracle, show: int, advance
     oracle = structure.oracle
     comparer = RecordingComparer(oracle.facts, user, list(markers), oracle.tokenizer, show,
                                  structure)
-    res = comparer.result
-    for row in rows:
-        res.n_records += 1
-        if row.item is None:
-            res.bad_rows.add(row.line)
-            if len(res.row_problems) < MAX_ROW_PROBLEMS:
-                res.row_problems.append((row.line, row.location, row.problem))
-        else:
-            comparer.add(row.line, row.location, row.item)
-        if len(res.locations) < MAX_ROW_PROBLEMS:
-            res.locations[row.line] = row.location  # "batch 0 row 1", "dataset[7]"
-        advance(1)
+    feed_rows(comparer, rows, advance)
     return Share.of(comparer)
 
 
