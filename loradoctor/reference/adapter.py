@@ -137,7 +137,7 @@ def run_ddp_adapter() -> RunOutcome:
         and "LD510" in flagged_bug and "LD515" in flagged_bug and flagged_fixed == []
     )
     return RunOutcome(curves, flagged, verdict, reproduced,
-                      flagged_when="after training, on the saved adapter (check-adapter),")
+                      flagged_when="after training (check-adapter)")
 
 
 def _span(losses: list[float]) -> str:

@@ -133,7 +133,7 @@ def run_watchdog() -> RunOutcome:
         curves={"model loss, no callback": own, "Trainer log, no callback": logged,
                 "model loss, with callback": own_cb},
         # Before training the gate sees the healthy first batches: nothing to flag yet.
-        flagged={"the first batches (callback's gate)": [f.code for f in callback.report.errors
+        flagged={"the first batches": [f.code for f in callback.report.errors
                                                          if not f.code.startswith("LD42")]},
         verdict=verdict, flagged_when="at train start (the callback's gate)",
         reproduced=hidden and stopped_at == first_nan and steps_cb == stopped_at
