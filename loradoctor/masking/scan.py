@@ -200,6 +200,22 @@ def _work(batch):
     return process(_STATE["oracle"], batch, _STATE["max_length"])
 
 
+def pool_in_order(pool, fn, chunks: Iterable, workers: int, merge, advance) -> None:
+    """`merge(fn(chunk))` for every chunk, run in `pool`, merged in order; at most
+    2 x workers chunks in flight, so memory stays flat however long the input."""
+    pending: deque = deque()
+    for chunk in chunks:
+        pending.append((len(chunk), pool.apply_async(fn, (chunk,))))
+        while len(pending) >= 2 * workers:
+            n, result = pending.popleft()
+            merge(result.get())
+            advance(n)
+    while pending:
+        n, result = pending.popleft()
+        merge(result.get())
+        advance(n)
+
+
 def scan(oracle: Oracle, records: Iterable, max_length: int | None = None, workers: int = 1,
          advance=lambda n=1: None, tokenizer_dir: str | None = None) -> DataStats:
     """Measure every readable conversation in `records` (streamed, chunked)."""
@@ -219,17 +235,7 @@ def scan(oracle: Oracle, records: Iterable, max_length: int | None = None, worke
         _STATE["oracle"] = oracle
     try:
         with mp.Pool(workers, _init_worker, (tokenizer_dir, max_length)) as pool:
-            pending: deque = deque()
-            for batch in chunks(records):
-                pending.append((len(batch), pool.apply_async(_work, (batch,))))
-                while len(pending) >= 2 * workers:  # bounded: memory stays flat
-                    n, result = pending.popleft()
-                    stats.merge(result.get())
-                    advance(n)
-            while pending:
-                n, result = pending.popleft()
-                stats.merge(result.get())
-                advance(n)
+            pool_in_order(pool, _work, chunks(records), workers, stats.merge, advance)
     finally:
         _STATE.clear()
     return stats

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from .compare import feed_rows
 from .oracle import Oracle
-from .scan import CHUNK, DataStats
+from .scan import CHUNK, DataStats, pool_in_order
 from .shares import RecordingComparer, Share
 from .structure import StructureOracle
 from .user_dataset import UserData
@@ -154,17 +153,7 @@ def _in_pool(total: Share, recipe: Recipe, oracle: Oracle, workers: int, work, a
         recipe = _picklable(recipe)
     try:
         with mp.Pool(workers, _init_worker, (None if forked else recipe,)) as pool:
-            pending: deque = deque()
-            for chunk in work:
-                pending.append((len(chunk), pool.apply_async(process_chunk, (chunk,))))
-                while len(pending) >= 2 * workers:  # bounded: memory stays flat
-                    n, result = pending.popleft()
-                    total.merge(result.get())
-                    advance(n)
-            while pending:
-                n, result = pending.popleft()
-                total.merge(result.get())
-                advance(n)
+            pool_in_order(pool, process_chunk, work, workers, total.merge, advance)
     finally:
         _STATE.clear()
 
