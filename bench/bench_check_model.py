@@ -72,7 +72,8 @@ def child_train(args) -> dict:
 
     from loradoctor import assets
     from loradoctor.context import ModelContext
-    from loradoctor.load import load_model, load_spec
+    from loradoctor.inputs.pretrained import load_model
+    from loradoctor.inputs.specs import load_spec
 
     model_dir = assets.smollm2_dir()
     model = load_model(model_dir, "fp32", args.device)

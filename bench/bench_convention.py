@@ -58,7 +58,7 @@ def main() -> None:
     import torch
 
     from loradoctor import assets
-    from loradoctor.load import load_model
+    from loradoctor.inputs.pretrained import load_model
     from loradoctor.model import convention
     from loradoctor.model.probe import max_length, vocab_size
 

@@ -5,7 +5,7 @@ correct.py: the template's own generation mask), measured side by side in one ru
 
   (a) the user's function alone on the N conversations the fuzz pass draws (the same
       strategy and seed, drawn beforehand): the floor, what their own test loop would cost;
-  (b) the fuzz pass itself (`masking.fuzz.run`): hypothesis drawing each conversation, the
+  (b) the fuzz pass itself (`masking.fuzz_search.run`): hypothesis drawing each conversation, the
       user's function, the oracle's rendering and tokenization, the comparison;
   (c) `check-dataset chats.jsonl --dataset correct.py:generation_mask` through the engine,
       without and with `--fuzz N` (tokenizer loaded outside every timer);
@@ -48,11 +48,12 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from correct import generation_mask
-    from loradoctor import assets, engine, load, registry
+    from loradoctor import assets, engine, registry
+    from loradoctor.inputs import pretrained
     from loradoctor.context import DatasetContext
-    from loradoctor.masking.fuzz import _no_local_constants, run
+    from loradoctor.masking.fuzz_search import _no_local_constants, run
     from loradoctor.masking.oracle import Oracle
-    from loradoctor.masking.user_dataset import UserData
+    from loradoctor.inputs.user_dataset import UserData
     from loradoctor.strategies import conversations
 
     tok_dir = assets.qwen3_tokenizer_dir()
@@ -86,8 +87,8 @@ def main() -> None:
                      max_length=None, known=[])
         assert result.tried == args.n and not result.failures
 
-    real = load.load_tokenizer
-    load.load_tokenizer = lambda path: tokenizer  # loaded once, outside the timers
+    real = pretrained.load_tokenizer
+    pretrained.load_tokenizer = lambda path: tokenizer  # loaded once, outside the timers
     data = ROOT / "fixtures" / "fuzz" / "chats.jsonl"
 
     def engine_run(n: int):
@@ -103,7 +104,7 @@ def main() -> None:
     b = best(fuzz_pass, args.repeat)
     c0 = best(engine_run(0), args.repeat)
     c1 = best(engine_run(args.n), args.repeat)
-    load.load_tokenizer = real
+    pretrained.load_tokenizer = real
     n = len(drawn)
     print(f"{n} generated conversations (seed 0): {turns} turns, {chars:,} characters; Qwen3 "
           f"tokenizer; best of {args.repeat}")

@@ -39,7 +39,7 @@ def main() -> None:
 
     import loradoctor
     from loradoctor import assets
-    from loradoctor.load import load_model, load_tokenizer
+    from loradoctor.inputs.pretrained import load_model, load_tokenizer
     from loradoctor.model.probe import BUILTIN_CONVERSATIONS
 
     torch.manual_seed(0)

@@ -42,7 +42,7 @@ warnings.filterwarnings("ignore")
 import torch
 from peft import LoraConfig, get_peft_model
 from loradoctor.context import ModelContext
-from loradoctor.cli import parse_peft
+from loradoctor.inputs.specs import parse_peft
 ctx = ModelContext(sys.argv[1], device=sys.argv[2])
 model, batch = ctx.base_model, ctx.probe          # SmolLM2 fp32, check-model's probe batch
 model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **{

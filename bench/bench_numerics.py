@@ -41,7 +41,7 @@ import torch  # noqa: E402
 
 from loradoctor import assets, engine, registry  # noqa: E402
 from loradoctor.context import ModelContext  # noqa: E402
-from loradoctor.load import load_model  # noqa: E402
+from loradoctor.inputs.pretrained import load_model
 
 SPEC = f"{ROOT / 'fixtures' / 'pipelines' / 'minimind_lora.py'}:apply_lora_default_args"
 LORA = {"rank": 8, "alpha": 16}
@@ -109,7 +109,7 @@ def adapted_model(model_dir: Path, dtype: str, device: str):
 
 
 def load_dtype(name: str):
-    from loradoctor.load import torch_dtype
+    from loradoctor.inputs.pretrained import torch_dtype
     return torch_dtype(name)
 
 

@@ -9,13 +9,12 @@ neither torch nor transformers.
 from .api import check, gate
 from .errors import InputError, UnhealthyPipeline
 from .findings import CheckResult, Finding, Report, Severity, Status
-
-__version__ = "0.2.0"
+from .version import __version__
 
 
 def __getattr__(name: str):
     if name == "Watchdog":  # imports torch: only when asked for
-        from .model.watch import Watchdog
+        from .watchdog import Watchdog
         return Watchdog
     raise AttributeError(f"module 'loradoctor' has no attribute {name!r}")
 

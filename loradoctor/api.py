@@ -137,7 +137,7 @@ def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, datas
                                               max_length, show, workers, fuzz, seed, keep,
                                               model, model_args)
                 if shard is not None:
-                    from .datasource import parse_shard
+                    from .inputs.sources import parse_shard
                     ctx.shard = parse_shard(shard)
                     title += " · shard {}/{}".format(*ctx.shard)
             elif cmd == "check-model":
@@ -250,7 +250,7 @@ def _dataset_context(tokenizer, data, dataset, batches, tokenized, max_length, s
     if max_length is not None and max_length < 1:
         raise InputError(f"--max-length {max_length}: must be a positive number")
     if tokenizer is None and _is_path(model) and Path(model).is_dir():
-        from .load import has_tokenizer
+        from .inputs.pretrained import has_tokenizer
         if has_tokenizer(model):
             tokenizer = model  # the tokenizer saved beside the model
     if tokenizer is None:
@@ -299,7 +299,7 @@ def _dataset_context(tokenizer, data, dataset, batches, tokenized, max_length, s
 def _records(data: Any) -> Any:
     """Live conversation records: a list, any iterable, or a Hugging Face dataset of rows (a
     `datasets.Dataset` / `IterableDataset` is kept as it is and read in batches, never listed)."""
-    from .datasource import is_live_dataset
+    from .inputs.sources import is_live_dataset
     if is_live_dataset(data):
         return data
     if isinstance(data, dict):
@@ -313,14 +313,15 @@ def _records(data: Any) -> Any:
 
 def _is_stream(dataset: Any) -> bool:
     """A `datasets.IterableDataset`: rows without an index, read as a stream."""
-    from .datasource import is_live_dataset
+    from .inputs.sources import is_live_dataset
     return is_live_dataset(dataset) and not hasattr(dataset, "__len__")
 
 
 def _model_context(model, tokenizer, data, apply, apply_args, peft, dtypes, device,
                    train_steps, freeze_base, fp16_headroom, keep, model_args=None):
     from .context import ModelContext
-    from .load import resolve_device, torch_dtype
+    from .inputs import specs
+    from .inputs.pretrained import resolve_device, torch_dtype
 
     if model is None:
         raise InputError("model: check-model needs a model directory or an nn.Module")
@@ -330,8 +331,7 @@ def _model_context(model, tokenizer, data, apply, apply_args, peft, dtypes, devi
         torch_dtype(d)
     if fp16_headroom <= 1:
         raise InputError(f"--fp16-headroom {fp16_headroom:g}: must be above 1")
-    peft_kwargs = _peft_kwargs(peft)
-    ctx = ModelContext(apply_kwargs=dict(apply_args or {}), peft_kwargs=peft_kwargs,
+    ctx = ModelContext(apply_kwargs=dict(apply_args or {}), peft_kwargs=specs.peft_kwargs(peft),
                        dtypes=names, train_steps=max(0, int(train_steps or 0)))
     ctx.fp16_headroom = fp16_headroom
     if hasattr(ctx, "freeze_base"):
@@ -364,7 +364,7 @@ def _adapter_context(adapter, model, apply, device, model_args=None):
         from .context import AdapterContext
     except ImportError:
         raise InputError("check-adapter is not available in this version") from None
-    from .load import resolve_device
+    from .inputs.pretrained import resolve_device
     if model is None:
         raise InputError("model: check-adapter needs the base model the adapter was trained on")
     from .model.user_model import is_spec
@@ -372,27 +372,6 @@ def _adapter_context(adapter, model, apply, device, model_args=None):
                          apply_spec=apply, device=resolve_device(device or "auto"))
     _set_model(ctx, model, model_args)
     return ctx, f"check-adapter · {adapter} · base {model}"
-
-
-def _peft_kwargs(peft: Any) -> dict | None:
-    if peft is None:
-        return None
-    if isinstance(peft, str):
-        from .cli import parse_peft
-        return parse_peft(peft)
-    if isinstance(peft, dict):
-        return dict(peft)
-    to_dict = getattr(peft, "to_dict", None)  # a peft.LoraConfig
-    if callable(to_dict):
-        keys = ("r", "lora_alpha", "target_modules", "lora_dropout", "bias", "use_rslora",
-                "modules_to_save", "layers_to_transform", "init_lora_weights", "use_dora")
-        d = to_dict()
-        out = {k: d[k] for k in keys if k in d and d[k] is not None}
-        if isinstance(out.get("target_modules"), set):
-            out["target_modules"] = sorted(out["target_modules"])
-        return out
-    raise InputError(f"peft: expected a LoraConfig, a dict or 'r=8,lora_alpha=16,...', got "
-                     f"{type(peft).__name__}")
 
 
 def _device_of(model) -> str:

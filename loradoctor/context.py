@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import load
+from .inputs import pretrained
+from .inputs import specs
+from . import text
 from .errors import InputError
 
 
@@ -72,10 +74,10 @@ class DatasetContext(_Memo):
     model_spec: str | None = None
     model_args: dict[str, Any] = field(default_factory=dict)
     model_given: Any = None
-    fuzz: int = 0  # --fuzz N: generated conversations through the user's code (masking/fuzz.py)
+    fuzz: int = 0  # --fuzz N: generated conversations through the user's code (masking/fuzz_search.py)
     seed: int = 0  # --seed S: the fuzz search's seed
     # Token rows given live (the Python API: a `datasets` object or a list of dicts), and
-    # `--shard I/N`: only the I-th of N contiguous shares of the records (`datasource.py`).
+    # `--shard I/N`: only the I-th of N contiguous shares of the records (`sources.py`).
     rows_given: Any = None
     shard: tuple[int, int] | None = None
 
@@ -83,7 +85,7 @@ class DatasetContext(_Memo):
     def tokenizer(self):
         if self.tokenizer_given is not None:
             return self.tokenizer_given
-        return self.memo("tokenizer", lambda: load.load_tokenizer(self.tokenizer_dir))
+        return self.memo("tokenizer", lambda: pretrained.load_tokenizer(self.tokenizer_dir))
 
     @property
     def has_model(self) -> bool:
@@ -115,7 +117,7 @@ class DatasetContext(_Memo):
                 from .model.user_model import build
                 model = build(self.model_spec, self.model_args, "cpu")
             else:
-                model = load.load_model(self.model_dir, "fp32", "cpu")
+                model = pretrained.load_model(self.model_dir, "fp32", "cpu")
             device = next(model.parameters()).device
             gen = torch.Generator().manual_seed(0)
             ids = torch.randint(0, vocab_size(model), (2, 32), generator=gen).to(device)
@@ -150,7 +152,7 @@ class DatasetContext(_Memo):
             return self.dataset_given
         if not self.dataset_spec:
             return None
-        return self.memo("user_dataset", lambda: load.load_spec(self.dataset_spec))
+        return self.memo("user_dataset", lambda: specs.load_spec(self.dataset_spec))
 
     @property
     def has_conversations(self) -> bool:
@@ -170,11 +172,11 @@ class DatasetContext(_Memo):
     @property
     def layout(self) -> list:
         """Each file's name and rows, where locations name the file a row is in (a glob of
-        parquet files); empty where `source:line` says it (`datasource.locate`)."""
-        from . import datasource
-        if self.data is None or not datasource.is_table(self.data):
+        parquet files); empty where `source:line` says it (`sources.locate`)."""
+        from .inputs import sources
+        if self.data is None or not sources.is_table(self.data):
             return []
-        return datasource.open_source(self.data).layout
+        return sources.open_source(self.data).layout
 
     @property
     def span(self) -> tuple[int, int | None]:
@@ -182,21 +184,21 @@ class DatasetContext(_Memo):
         the shard's (`--shard I/N`)."""
         if self.shard is None:
             return 0, None
-        from . import datasource
-        return self.memo("shard_span", lambda: datasource.shard_range(self._total(),
+        from .inputs import sources
+        return self.memo("shard_span", lambda: sources.shard_range(self._total(),
                                                                       *self.shard))
 
     def _total(self) -> int:
         """Every record (or row) of the input, the shards' together."""
-        from . import datasource
+        from .inputs import sources
         if self.data is not None:
-            return datasource.count(self.data)
+            return sources.count(self.data)
         for given in (self.records_given, self.rows_given):
             if given is not None:
-                n = datasource.live_count(given)
-                return n if n is not None else sum(1 for _ in datasource.iter_live(given))
+                n = sources.live_count(given)
+                return n if n is not None else sum(1 for _ in sources.iter_live(given))
         if self.batches_given is not None:
-            from .masking import rows
+            from .inputs import rows
             return sum(1 for _ in rows.batch_rows(self.batches_given))
         return len(self.user_data())
 
@@ -207,7 +209,7 @@ class DatasetContext(_Memo):
             return None
 
         def build():
-            from .masking.user_dataset import UserData, is_instance
+            from .inputs.user_dataset import UserData, is_instance
             spec = self.dataset_spec or getattr(obj, "__name__", type(obj).__name__)
             path = self.data
             if path is None and self.records_given is not None and not is_instance(obj):
@@ -240,48 +242,46 @@ class DatasetContext(_Memo):
     def records(self):
         """The conversation records (a fresh iterator each call); only the shard's with
         `--shard`. Live records (a list, a `datasets` object) are read as a stream."""
-        from . import datasource
+        from .inputs import sources
         start, stop = self.span
         if self.records_given is not None:
-            return datasource.live_records(self.records_given, start, stop)
-        return datasource.records(self.data, start, stop)
+            return sources.live_records(self.records_given, start, stop)
+        return sources.records(self.data, start, stop)
 
     def rows(self):
         """The token rows (a fresh iterator each call), when there are no conversations."""
         import itertools
 
-        from . import datasource
-        from .masking import rows
+        from .inputs import sources
+        from .inputs import rows
         start, stop = self.span
         if self.batches_given is not None:
             return itertools.islice(rows.batch_rows(self.batches_given), start, stop)
         if self.rows_given is not None:
-            return datasource.live_rows(self.rows_given, type(self.rows_given).__name__,
+            return sources.live_rows(self.rows_given, type(self.rows_given).__name__,
                                         start, stop)
         if self.data is not None:
-            return datasource.rows(self.data, start, stop)
+            return sources.rows(self.data, start, stop)
         user = self.user_data()
-        if datasource.is_live_dataset(user.instance):  # read in batches, not item by item
-            return datasource.live_rows(user.instance, user.name, start, stop)
-        if self.shard is not None:
-            return datasource.instance_rows(user.instance, user.name, start, stop)
-        return rows.instance_rows(user.instance, user.name)
+        if sources.is_live_dataset(user.instance):  # read in batches, not item by item
+            return sources.live_rows(user.instance, user.name, start, stop)
+        return rows.instance_rows(user.instance, user.name, start, stop)
 
     def count(self) -> int | None:
         """How many records or rows there are (for a progress bar; None: cannot say)."""
-        from . import datasource
+        from .inputs import sources
         start, stop = self.span
         if stop is not None:
             return stop - start
         if self.records_given is not None:
-            return datasource.live_count(self.records_given)
+            return sources.live_count(self.records_given)
         if self.rows_given is not None:
-            return datasource.live_count(self.rows_given)
+            return sources.live_count(self.rows_given)
         if self.batches_given is not None:
             return sum(1 for _ in self.rows())
         if self.data is not None:
-            if datasource.is_table(self.data):
-                return datasource.open_source(self.data).total
+            if sources.is_table(self.data):
+                return sources.open_source(self.data).total
             from .masking.scan import count_lines
             return count_lines(self.data)
         return len(self.user_data())
@@ -289,10 +289,10 @@ class DatasetContext(_Memo):
     def validate_inputs(self) -> None:
         """Fail fast (exit 2) on inputs that cannot be read at all, before any check runs."""
         if self.tokenizer_given is None:
-            load.local_dir(self.tokenizer_dir, "tokenizer")
+            pretrained.local_dir(self.tokenizer_dir, "tokenizer")
         if self.data is not None:
-            from . import datasource
-            datasource.check_exists(self.data)
+            from .inputs import sources
+            sources.check_exists(self.data)
         tok = self.tokenizer
         if not getattr(tok, "chat_template", None):
             name = self.tokenizer_dir or type(tok).__name__
@@ -300,7 +300,7 @@ class DatasetContext(_Memo):
                              f"check labels against (set tokenizer.chat_template)")
         if not self.has_conversations and self.batches_given is None and self.data is None \
                 and self.rows_given is None:
-            from .masking.user_dataset import is_instance
+            from .inputs.user_dataset import is_instance
             if not is_instance(self.user_dataset):
                 raise InputError("dataset: a dataset class or labelling function needs "
                                  "conversations to label (data=...); a dataset instance, "
@@ -308,10 +308,10 @@ class DatasetContext(_Memo):
         _ = self.user_dataset
         if self.has_model:
             if self.model_dir is not None and self.model_given is None:
-                load.local_dir(self.model_dir, "model")
+                pretrained.local_dir(self.model_dir, "model")
             _ = self.convention  # a model that cannot be loaded or built is exit 2
         if self.fuzz:
-            from .masking.fuzz import validate
+            from .masking.fuzz_search import validate
             validate(self)
         if self.shard is not None:
             self._validate_shard()
@@ -382,10 +382,10 @@ class ModelContext(_Memo):
 
     def validate_inputs(self) -> None:
         if self.model_given is None and self.model_spec is None:
-            load.local_dir(self.model_dir, "model")
+            pretrained.local_dir(self.model_dir, "model")
         self._decide_static()
         if self.tokenizer_dir is not None:
-            load.local_dir(self.tokenizer_dir, "tokenizer")
+            pretrained.local_dir(self.tokenizer_dir, "tokenizer")
         if self.data is not None and not Path(self.data).is_file():
             raise InputError(f"data {self.data}: no such file")
         if (self.apply_spec or self.apply_given) and self.peft_kwargs is not None:
@@ -399,7 +399,7 @@ class ModelContext(_Memo):
                 raise
             except Exception as exc:  # noqa: BLE001 - the user's model raised
                 raise InputError(f"model {self.model_name}: its forward raises "
-                                 f"{load._where(exc)}") from exc
+                                 f"{text.raised_at(exc)}") from exc
 
     @property
     def apply_fn(self) -> Callable | None:
@@ -407,7 +407,7 @@ class ModelContext(_Memo):
             return self.apply_given
         if not self.apply_spec:
             return None
-        return self.memo("apply_fn", lambda: load.load_spec(self.apply_spec))
+        return self.memo("apply_fn", lambda: specs.load_spec(self.apply_spec))
 
     @property
     def tokenizer(self):
@@ -416,9 +416,9 @@ class ModelContext(_Memo):
             if self.tokenizer_given is not None:
                 return self.tokenizer_given
             if self.tokenizer_dir is not None:
-                return load.load_tokenizer(self.tokenizer_dir)
-            if self.model_dir is not None and load.has_tokenizer(self.model_dir):
-                return load.load_tokenizer(self.model_dir)
+                return pretrained.load_tokenizer(self.tokenizer_dir)
+            if self.model_dir is not None and pretrained.has_tokenizer(self.model_dir):
+                return pretrained.load_tokenizer(self.model_dir)
             return None
         return self.memo("tokenizer", find)
 
@@ -461,7 +461,7 @@ class ModelContext(_Memo):
             from .model.user_model import build
             return copy.deepcopy(self.memo("pristine", lambda: build(
                 self.model_spec, self.model_args, self.device, self.seed)))
-        return load.load_model(self.model_dir, "fp32", self.device)
+        return pretrained.load_model(self.model_dir, "fp32", self.device)
 
     def fresh_adapted(self):
         """A second, independent copy of the adapted model with freshly initialised adapters.
@@ -575,7 +575,7 @@ class AdapterContext(_Memo):
     `adapter_dir` is a PEFT folder (`adapter_config.json` and its weights), or with
     `apply_spec` a file the user's own save function wrote (their apply function builds the
     adapters, the load function beside it loads the file). The measurements live in
-    `model/artifact.py`; nothing is written into the adapter folder.
+    `model/saved_adapter.py`; nothing is written into the adapter folder.
     """
 
     adapter_dir: Path
@@ -592,26 +592,26 @@ class AdapterContext(_Memo):
 
     def validate_inputs(self) -> None:
         if self.model_spec is None:
-            load.local_dir(self.model_dir, "model")
+            pretrained.local_dir(self.model_dir, "model")
             if not (Path(self.model_dir) / "config.json").exists():
                 raise InputError(f"model {self.model_dir}: no config.json, not a Hugging Face "
                                  f"model directory")
-        from .model.artifact import artifact
+        from .model.saved_adapter import artifact
         _ = artifact(self)
 
     @property
     def apply_fn(self) -> Callable | None:
         if not self.apply_spec:
             return None
-        return self.memo("apply_fn", lambda: load.load_spec(self.apply_spec))
+        return self.memo("apply_fn", lambda: specs.load_spec(self.apply_spec))
 
     @property
     def tokenizer(self):
         """A tokenizer beside the model (or the adapter, as PEFT folders often keep one)."""
         def find():
             for d in (self.model_dir, self.model_args.get("path"), self.adapter_dir):
-                if d is not None and Path(d).is_dir() and load.has_tokenizer(d):
-                    return load.load_tokenizer(d)
+                if d is not None and Path(d).is_dir() and pretrained.has_tokenizer(d):
+                    return pretrained.load_tokenizer(d)
             return None
         return self.memo("tokenizer", find)
 
@@ -622,7 +622,7 @@ class AdapterContext(_Memo):
             from .model.user_model import build
             return copy.deepcopy(self.memo("pristine", lambda: build(
                 self.model_spec, self.model_args, self.device, self.seed)))
-        return load.load_model(self.model_dir, "fp32", self.device)
+        return pretrained.load_model(self.model_dir, "fp32", self.device)
 
     @property
     def base_model(self):

@@ -23,36 +23,7 @@ import pytest
 
 TABLE = "tool.loradoctor"
 
-# key -> (kind, API argument). Kinds: path (relative to the pyproject.toml), spec (file.py:NAME
-# whose file part is a path, or pkg.module:NAME), target (a directory or a spec), str, int,
-# bool, codes / strs (lists of strings), table (a TOML table of keyword arguments).
-KEYS: dict[str, tuple[str, str]] = {
-    "data": ("path", "data"),
-    "tokenizer": ("path", "tokenizer"),
-    "dataset": ("spec", "dataset"),
-    "max-length": ("int", "max_length"),
-    "tokenized": ("bool", "tokenized"),
-    "model": ("target", "model"),
-    "model-args": ("table", "model_args"),
-    "apply": ("spec", "apply"),
-    "apply-args": ("table", "apply_args"),
-    "peft": ("table", "peft"),
-    "adapter": ("path", "adapter"),
-    "dtypes": ("strs", "dtypes"),
-    "device": ("str", "device"),
-    "select": ("codes", "select"),
-    "ignore": ("codes", "ignore"),
-    "train-steps": ("int", "train_steps"),
-    "freeze-base": ("bool", "freeze_base"),
-    "static": ("bool", "static"),
-    "fuzz": ("int", "fuzz"),
-    "seed": ("int", "seed"),
-    "strict": ("bool", None),  # warnings fail (the same as --loradoctor-strict)
-}
-KIND_WORDS = {"path": "a path (string)", "spec": "a SPEC string (file.py:NAME)",
-              "target": "a directory or a SPEC string", "str": "a string", "int": "an integer",
-              "bool": "true or false", "codes": "a list of code prefixes (strings)",
-              "strs": "a list of strings", "table": "a table of KEY = VALUE"}
+STRICT = "strict"  # the one key of the plugin's own: warnings fail (= --loradoctor-strict)
 
 
 class LoradoctorWarning(UserWarning):
@@ -76,24 +47,21 @@ def pytest_addoption(parser):
                          "the rootdir or the current directory upwards)")
     group.addoption("--loradoctor-strict", action="store_true", default=None,
                     help="warning findings fail their item too")
-    for key, (kind, _) in KEYS.items():
-        if key == "strict":
-            continue
-        dest = "loradoctor_" + key.replace("-", "_")
-        if kind == "bool":
-            group.addoption(f"--loradoctor-{key}", action="store_true", default=None, dest=dest,
-                            help=f"override [tool.loradoctor] {key} = true")
-        elif kind == "table":
-            singular = key[:-1] if key.endswith("s") else key
-            flag = f"--loradoctor-{singular if key != 'peft' else 'peft'}"
+    from .inputs.options import OPTIONS
+    for o in OPTIONS:
+        flag, dest = f"--loradoctor-{o.name}", "loradoctor_" + o.dest
+        if o.kind == "bool":
+            group.addoption(flag, action="store_true", default=None, dest=dest,
+                            help=f"override [tool.loradoctor] {o.key} = true")
+        elif o.kind in ("pairs", "peft"):
             group.addoption(flag, action="append", default=None, dest=dest,
                             metavar="KEY=VALUE[,...]",
-                            help=f"override entries of [tool.loradoctor] {key} (repeatable)")
+                            help=f"override entries of [tool.loradoctor] {o.key} (repeatable)")
         else:
-            group.addoption(f"--loradoctor-{key}", default=None, dest=dest,
-                            metavar=key.upper().replace("-", "_"),
-                            help=f"override [tool.loradoctor] {key}"
-                                 + (" (comma-separated)" if kind in ("codes", "strs") else ""))
+            group.addoption(flag, default=None, dest=dest,
+                            metavar=o.key.upper().replace("-", "_"),
+                            help=f"override [tool.loradoctor] {o.key}"
+                                 + (" (comma-separated)" if o.kind in ("codes", "list") else ""))
 
 
 # --- configuration --------------------------------------------------------------------------
@@ -108,13 +76,14 @@ class Settings:
     strict: bool = False
 
     def describe(self) -> str:
+        from .inputs.options import OPTIONS
         shown = []
-        for key, (kind, arg) in KEYS.items():
-            if arg in self.kwargs:
-                value = self.kwargs[arg]
-                if kind in ("path", "spec", "target") and isinstance(value, str):
+        for o in OPTIONS:
+            if o.api_arg in self.kwargs:
+                value = self.kwargs[o.api_arg]
+                if o.kind in ("path", "spec", "target") and isinstance(value, str):
                     value = _relative(value, self.pyproject)
-                shown.append(f"{key} {value}")
+                shown.append(f"{o.key} {value}")
         where = f"{self.pyproject} [{TABLE}]" if self.pyproject else "the command line"
         return f"{', '.join(shown) or 'nothing configured'} (from {where}" \
                f"{', strict' if self.strict else ''})"
@@ -159,95 +128,46 @@ def _table(path: Path) -> dict | None:
 
 def read_settings(config) -> Settings:
     """The configuration: the pyproject table, then `--loradoctor-*` overrides, validated."""
+    from .errors import InputError
+    from .inputs.options import BY_KEY, OPTIONS, from_config, from_override
+
     path = find_pyproject(config)
     table = _table(path) if path is not None else {}
     kwargs: dict[str, Any] = {}
     strict = False
     where = f"{path} [{TABLE}]" if path else f"[{TABLE}]"
-    for key, value in (table or {}).items():
-        if key not in KEYS:
-            import difflib
-            close = difflib.get_close_matches(key.replace("_", "-"), list(KEYS), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else \
-                f" (known keys: {', '.join(KEYS)})"
-            raise pytest.UsageError(f"{where}: unknown key {key!r}{hint}")
-        kind, arg = KEYS[key]
-        checked = _check_type(key, kind, value, where)
-        if arg is None:
-            strict = bool(checked)
-            continue
-        kwargs[arg] = _resolve(kind, checked, path.parent if path else Path.cwd())
-    # Command-line overrides: paths relative to the directory pytest was started in.
-    here = Path(config.invocation_params.dir)
-    for key, (kind, arg) in KEYS.items():
-        if arg is None:
-            continue
-        given = config.getoption("loradoctor_" + key.replace("-", "_"))
-        if given is None:
-            continue
-        flag = f"--loradoctor-{key}"
-        if kind == "table":
-            from .load import parse_kwargs
-            items = [part for text in given for part in _split_pairs(text)]
-            try:
-                kwargs[arg] = {**(kwargs.get(arg) or {}), **parse_kwargs(items, flag)}
-            except Exception as exc:  # noqa: BLE001 - InputError: a usage error here
-                raise pytest.UsageError(str(exc)) from None
-        elif kind in ("codes", "strs"):
-            kwargs[arg] = [c.strip() for c in given.split(",") if c.strip()]
-        elif kind == "int":
-            try:
-                kwargs[arg] = int(given)
-            except ValueError:
-                raise pytest.UsageError(f"{flag} {given!r}: expected an integer") from None
-        else:
-            kwargs[arg] = _resolve(kind, given, here) if kind != "bool" else bool(given)
+    base = path.parent if path else Path.cwd()
+    try:
+        for key, value in (table or {}).items():
+            if key == STRICT:
+                if not isinstance(value, bool):
+                    raise InputError(f"{where}: key {key!r} must be true or false, got "
+                                     f"{value!r} ({type(value).__name__})")
+                strict = value
+            elif key in BY_KEY:
+                kwargs[BY_KEY[key].api_arg] = from_config(BY_KEY[key], value, base, where)
+            else:
+                import difflib
+                known = [*BY_KEY, STRICT]
+                close = difflib.get_close_matches(key.replace("_", "-"), known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else \
+                    f" (known keys: {', '.join(known)})"
+                raise InputError(f"{where}: unknown key {key!r}{hint}")
+        # Command-line overrides: paths relative to the directory pytest was started in.
+        here = Path(config.invocation_params.dir)
+        for o in OPTIONS:
+            given = config.getoption("loradoctor_" + o.dest)
+            if given is None:
+                continue
+            value = from_override(o, given, here)
+            if o.kind in ("pairs", "peft") and isinstance(kwargs.get(o.api_arg), dict):
+                value = {**kwargs[o.api_arg], **value}
+            kwargs[o.api_arg] = value
+    except InputError as exc:
+        raise pytest.UsageError(str(exc)) from None
     if config.getoption("loradoctor_strict"):
         strict = True
     return Settings(path, kwargs, strict)
-
-
-def _check_type(key: str, kind: str, value: Any, where: str) -> Any:
-    ok = {
-        "path": isinstance(value, str), "spec": isinstance(value, str),
-        "target": isinstance(value, str), "str": isinstance(value, str),
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "bool": isinstance(value, bool),
-        "codes": isinstance(value, list) and all(isinstance(v, str) for v in value),
-        "strs": isinstance(value, list) and all(isinstance(v, str) for v in value),
-        "table": isinstance(value, dict),
-    }[kind]
-    if not ok:
-        raise pytest.UsageError(f"{where}: key {key!r} must be {KIND_WORDS[kind]}, got "
-                                f"{value!r} ({type(value).__name__})")
-    return value
-
-
-def _resolve(kind: str, value: Any, base: Path) -> Any:
-    """Paths, and the file part of `file.py:NAME`, relative to `base`; the rest as given."""
-    def absolute(path: str) -> str:  # symlinks kept as written: the header shows them so
-        return os.path.abspath(os.path.join(base, os.path.expanduser(path)))
-
-    if kind == "path":
-        return absolute(value)
-    if kind in ("spec", "target"):
-        target, sep, name = value.rpartition(":")
-        if sep and (target.endswith(".py") or "/" in target or "\\" in target):
-            return f"{absolute(target)}:{name}"
-        if kind == "target" and not sep:
-            return absolute(value)
-    return value
-
-
-def _split_pairs(text: str) -> list[str]:
-    """`a=1,b=x,y` -> ["a=1", "b=x,y"]: a bare item continues the last value (as --peft)."""
-    items: list[str] = []
-    for part in text.split(","):
-        if "=" in part or not items:
-            items.append(part)
-        else:
-            items[-1] += "," + part
-    return items
 
 
 def _relative(value: str, pyproject: Path | None) -> str:

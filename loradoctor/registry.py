@@ -6,8 +6,10 @@ Order matters: it is the order of the doctor view. A new rule is added to its mo
 
 from __future__ import annotations
 
-from .checks import (artifact, fuzz, init, labels, masking, numerics, persistence, records, tool,
-                     watch, wiring)
+from .checks import fuzz, labels, masking, numerics, persistence, records, tool, wiring
+from .checks import saved_adapter
+from .checks import initialisation
+from .checks import training_run
 from .errors import InputError
 from .rules import Rule
 
@@ -15,10 +17,10 @@ TOOL_RULES: list[Rule] = list(tool.RULES)
 # `--fuzz` failures land under the masking rule they break (checks/fuzz.py), hence the wrap.
 DATASET_RULES: list[Rule] = [*records.RULES, *fuzz.with_fuzz(masking.RULES), *labels.RULES,
                              *fuzz.RULES]
-MODEL_RULES: list[Rule] = [*wiring.RULES, *init.RULES, *numerics.RULES, *persistence.RULES]
-ADAPTER_RULES: list[Rule] = list(artifact.RULES)  # check-adapter: the saved artifact
-# Read step by step while training runs (model/watch.py), not by a check-* command.
-WATCH_RULES: list[Rule] = list(watch.RULES)
+MODEL_RULES: list[Rule] = [*wiring.RULES, *initialisation.RULES, *numerics.RULES, *persistence.RULES]
+ADAPTER_RULES: list[Rule] = list(saved_adapter.RULES)  # check-adapter: the saved artifact
+# Read step by step while training runs (watchdog.py), not by a check-* command.
+WATCH_RULES: list[Rule] = list(training_run.RULES)
 ALL_RULES: list[Rule] = [*TOOL_RULES, *DATASET_RULES, *MODEL_RULES, *ADAPTER_RULES, *WATCH_RULES]
 
 

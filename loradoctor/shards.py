@@ -1,6 +1,6 @@
 """`check-dataset --shard I/N` partial reports, and `merge`: N of them joined into one run's.
 
-A shard run checks the I-th of N contiguous shares of the records (`datasource.shard_range`)
+A shard run checks the I-th of N contiguous shares of the records (`inputs.sources.shard_range`)
 and, under `--json`, writes its own report plus, under `partial`, the measurements the rules
 read: the masking pass (`Analysis`, with the token views the share logged, `masking.shares`),
 LD100's record scan, the loss convention of the model given. `merge` reads them back, merges
@@ -163,7 +163,7 @@ def _key(k):
 
 def partial(ctx, rules) -> dict:
     """What `merge` needs of this shard run, as plain JSON (`Report.partial`)."""
-    from . import __version__
+    from .version import __version__
     from .masking.analysis import Analysis
 
     memo = ctx.__dict__.get("_memo", {})
@@ -298,7 +298,7 @@ def merge_partials(parts: list[dict]):
 
 def _checked(parts: list[dict]) -> list[dict]:
     """Shards of one run, each once, all of them: sorted by shard number."""
-    from . import __version__
+    from .version import __version__
 
     if not parts:
         raise InputError("merge: give the partial reports of every shard (PART.json ...)")

@@ -7,6 +7,7 @@ loradoctor` for the tests that must see the process boundary (exit codes, stdout
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 DATA = FIXTURES / "data"
 PIPELINES = FIXTURES / "pipelines"
+MASKING = FIXTURES / "masking"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -76,9 +78,14 @@ def smollm2_tokenizer(smollm2_dir):
 
 
 @pytest.fixture
-def cli(capsys):
-    """Run the real CLI in-process: `cli("check-dataset", path, "--tokenizer", tok)`."""
+def cli(capsys, monkeypatch):
+    """Run the real CLI in-process: `cli("check-dataset", path, "--tokenizer", tok)`.
+
+    Piped output is 140 columns wide unless COLUMNS says otherwise; pytest-xdist's workers set
+    COLUMNS=80, so it is removed here: a report reads the same under -n 2 as without."""
     from loradoctor.cli import main
+
+    monkeypatch.delenv("COLUMNS", raising=False)
 
     def run(*args) -> CliResult:
         capsys.readouterr()
@@ -97,3 +104,64 @@ def cli_subprocess():
                               capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
         return CliResult(proc.returncode, proc.stdout, proc.stderr)
     return run
+
+
+# --- tokenizers and modules shared across test folders ------------------------------------
+
+
+@pytest.fixture
+def load_each_tokenizer_once(monkeypatch):
+    """The CLI loads its tokenizer per run (about a second for the 151k-token Qwen3 vocabulary,
+    most of it transformers parsing tokenizer.json); these tests run it dozens of times, so the
+    real loader's result is kept per directory. No fixture pipeline mutates its tokenizer."""
+    from loradoctor.inputs import pretrained
+    monkeypatch.setattr(pretrained, "load_tokenizer", _cached_loader(pretrained.load_tokenizer))
+
+
+_LOADED: dict = {}
+
+
+def _cached_loader(real):
+    def load_tokenizer(path):
+        key = str(path)
+        if key not in _LOADED:
+            _LOADED[key] = real(path)
+        return _LOADED[key]
+    return load_tokenizer
+
+
+@pytest.fixture(scope="session")
+def variants():
+    spec = importlib.util.spec_from_file_location("tokenizer_variants",
+                                                  MASKING / "tokenizer_variants.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def tokenizers(qwen3_tokenizer_dir, smollm2_dir, variants, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tokenizers")
+    return {
+        "qwen3": qwen3_tokenizer_dir,
+        "smollm2": smollm2_dir,
+        "llama3": variants.llama3_style(qwen3_tokenizer_dir, root / "llama3"),
+        "llama3-no-bos": variants.llama3_without_bos(qwen3_tokenizer_dir, root / "llama3-no-bos"),
+        "strict": variants.strict(qwen3_tokenizer_dir, root / "strict"),
+    }
+
+
+@pytest.fixture(scope="session")
+def modules_imported_once():
+    """pytester drops, after each test, the modules imported since it was set up. torch cannot
+    be imported twice in one process, and a second copy of loradoctor's modules would make two
+    `SkipCheck` classes; so they are all imported before any pytester exists."""
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    import loradoctor.api  # noqa: F401
+    import loradoctor.engine  # noqa: F401
+    import loradoctor.masking.analysis  # noqa: F401
+    import loradoctor.masking.fuzz_search  # noqa: F401
+    import loradoctor.registry  # noqa: F401
+    import loradoctor.render  # noqa: F401

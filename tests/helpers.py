@@ -1,8 +1,11 @@
-"""Helpers shared by the check-model tests: run the real CLI with --json and pick findings."""
+"""Helpers shared across test folders: run check-model with --json and pick findings, assert a
+clean input error, digest a tree, compare JSON reports, read pytester outcomes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
 
 def check_model(cli, model_dir, spec=None, *extra, select: str):
@@ -21,3 +24,41 @@ def found(data, code, severity=None):
     """The findings of one rule (and severity) in a JSON report."""
     return [f for f in data["findings"] if f["code"] == code
             and (severity is None or f["severity"] == severity)]
+
+
+def assert_clean_input_error(result, *fragments):
+    assert result.code == 2, (result.out, result.err)
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith("loradoctor: error: ")
+    assert "Traceback" not in result.err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def tree_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")) if path.is_dir() else [path]:
+        if p.is_file():
+            h.update(str(p).encode())
+            h.update(p.read_bytes())
+            h.update(str(p.stat().st_mtime_ns).encode())
+    return h.hexdigest()
+
+
+def comparable(out: str) -> dict:
+    """A JSON report without its timings (the one thing two runs may not share)."""
+    report = json.loads(out)
+    for check in report["checks"]:
+        check.pop("duration_s")
+    return report
+
+
+def outcomes(result) -> dict[str, str]:
+    """nodeid -> outcome word, from `-rA`'s short summary and `-v` lines."""
+    found = {}
+    for line in result.outlines:
+        for word in ("PASSED", "FAILED", "SKIPPED", "ERROR"):
+            if line.startswith("loradoctor::") and f" {word}" in line:
+                found[line.split()[0]] = word
+    return found

@@ -42,7 +42,7 @@ def test_the_smollm2_tokenizer_uses_chatml_with_pad_equal_to_eos(smollm2_tokeniz
 def test_the_real_smollm2_model_answers_sensibly(smollm2_dir, smollm2_tokenizer):
     import torch
 
-    from loradoctor.load import load_model
+    from loradoctor.inputs.pretrained import load_model
     model = load_model(smollm2_dir, "fp32", "cpu")
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     inputs = smollm2_tokenizer.apply_chat_template(
@@ -56,7 +56,7 @@ def test_the_real_smollm2_model_answers_sensibly(smollm2_dir, smollm2_tokenizer)
 
 
 def test_tiny_models_are_small_and_load(tiny_qwen3_dir, tiny_llama_dir):
-    from loradoctor.load import has_tokenizer, load_model
+    from loradoctor.inputs.pretrained import has_tokenizer, load_model
     for d in (tiny_qwen3_dir, tiny_llama_dir):
         size = sum(p.stat().st_size for p in d.iterdir())
         assert size < 12 * 2**20, f"{d} is {size} bytes"

@@ -1,7 +1,7 @@
 """LD115, and `--fuzz` failures reported under the masking rule each one breaks.
 
 `check-dataset --fuzz N` feeds N generated conversations to the user's dataset code after the
-file's own records (`masking.fuzz`). A conversation the code labels wrongly is a finding of the
+file's own records (`masking.fuzz_search`). A conversation the code labels wrongly is a finding of the
 rule it breaks (LD101-LD111): `with_fuzz()` gives each masking rule its share of the fuzz
 failures, with the shrunk conversation as a ready-to-paste JSON Lines record and a token view.
 A conversation that makes the code raise is LD115's, whose summary line also says what the fuzz
@@ -14,7 +14,7 @@ import dataclasses
 import functools
 
 from ..findings import Severity
-from ..masking.fuzz import RAISES, Failure, FuzzResult, fuzzing
+from ..masking.fuzz_search import RAISES, Failure, FuzzResult, fuzzing
 from ..rules import Outcome, Rule, SkipCheck, rule
 
 RECORD_IN_MESSAGE = 1000  # a longer shrunk record is cut in the message (whole in evidence)

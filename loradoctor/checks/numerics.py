@@ -26,7 +26,7 @@ def options(ctx) -> NumericsOptions:
 def numerics(ctx) -> Measurement:
     """The passes, measured once per run; their figures also go to the report's summary."""
     def compute() -> Measurement:
-        from ..render import progress
+        from ..progress import progress
 
         model = ctx.adapted
         opts = options(ctx)

@@ -3,5 +3,5 @@
 `integrations.transformers`: `LoraDoctorCallback`, a `transformers.TrainerCallback` (also for
 TRL's trainers, which are Trainers). `integrations.ray`: `check_dataset(..., shards=N)`, the
 `check-dataset --shard` runs as Ray tasks, merged (`loradoctor.shards`). Each is a thin layer
-over `loradoctor.api` and `loradoctor.model.watch`.
+over `loradoctor.api` and `loradoctor.watchdog`.
 """

@@ -30,10 +30,8 @@ import os
 import sys
 from typing import Any
 
+from ..environment import OFFLINE, offline, quiet_libraries
 from ..errors import InputError
-
-OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 def _ray():
@@ -46,9 +44,9 @@ def _ray():
 
 def _check_shard(i: int, n: int, kwargs: dict) -> dict:
     """One Ray task: the partial report of shard i of n (or the input error it met)."""
-    for key, value in OFFLINE.items():  # nothing from a hub, nothing chatty, on any node
-        os.environ.setdefault(key, value)
-    from .. import __version__, api
+    offline()  # nothing from a hub, nothing chatty, on any node
+    from .. import api
+    from ..version import __version__
     try:
         with contextlib.redirect_stdout(sys.stderr):  # the user's prints are not the report
             report = api.prepare(command="check-dataset", shard=(i, n), **kwargs).execute()
@@ -105,9 +103,8 @@ def _run(shards: int, num_cpus: float, address: str | None, kwargs: dict):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .. import __version__
-    from ..cli import _quiet_libraries, build_parser
-    from ..load import parse_kwargs
+    from ..version import __version__
+    from ..inputs import options
     from ..render import print_json, print_report
 
     own = argparse.ArgumentParser(prog="python -m loradoctor.integrations.ray", add_help=False)
@@ -119,16 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     if not rest or rest[0] != "check-dataset":
         own.error("usage: python -m loradoctor.integrations.ray check-dataset DATA --tokenizer "
                   "TOK [check-dataset options] --shards N [--address ADDRESS]")
-    args = build_parser().parse_args(rest)
+    parser = argparse.ArgumentParser(prog="python -m loradoctor.integrations.ray check-dataset")
+    options.add_arguments(parser, options.DATASET)
+    options.add_output_arguments(parser)
+    args = parser.parse_args(rest[1:])
     if args.shard:
         own.error("--shard: the shards are the Ray tasks here; give --shards N")
-    _quiet_libraries()
+    quiet_libraries()
     # check-dataset's options, as `loradoctor check-dataset` passes them to the API.
-    inputs = dict(data=args.data, tokenizer=args.tokenizer, dataset=args.dataset,
-                  max_length=args.max_length, show=args.show, workers=args.workers,
-                  tokenized=args.tokenized, fuzz=args.fuzz, seed=args.seed, model=args.model,
-                  model_args=parse_kwargs(args.model_arg, "--model-arg"),
-                  select=args.select, ignore=args.ignore)
+    inputs = options.api_kwargs(options.DATASET, args)
+    del inputs["command"], inputs["shard"]
     try:
         with contextlib.redirect_stdout(sys.stderr):  # Ray's and the tasks' chatter
             report, title = _run(ours.shards, ours.cpus_per_shard, ours.address, inputs)

@@ -27,7 +27,8 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ..findings import Report
-from ..model.watch import ON_ERROR, Watchdog, WatchOptions
+from ..model.run_state import WatchOptions
+from ..watchdog import ON_ERROR, Watchdog
 
 
 class LoraDoctorCallback(TrainerCallback):
@@ -103,7 +104,7 @@ class LoraDoctorCallback(TrainerCallback):
             model.zero_grad(set_to_none=True)
             return control
         if self.watch is not None:
-            self._grad_norm = self.watch._grad_norm()
+            self._grad_norm = self.watch.grad_norm()
         return control
 
     def on_step_end(self, args, state, control, **kwargs):

@@ -5,7 +5,6 @@
 - `oracle`: which token positions *should* be supervised in a conversation, from the template.
 - `scan`: the streaming pass over a data file (batched, optionally several processes) that
   measures the data and tokenizer alone.
-- `user_dataset`: calling the user's dataset class or labelling function per the contract.
 - `compare`: the user's `(input_ids, labels)` against the oracle, sample by sample.
 - `markers`: marker token lists and marker-building source code found in the user's code.
 """

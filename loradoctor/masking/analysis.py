@@ -16,15 +16,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..datasource import locate
-from ..render import progress
+from ..inputs.sources import locate
+from ..progress import progress
 from .compare import Comparison, compare_dataset, compare_rows
 from .markers import Marker, SourceHit, instance_markers, none_builders
 from .oracle import Oracle
 from .scan import DataStats, scan
 from .structure import StructureOracle
 from .template import TemplateFacts
-from .user_dataset import UserData
+from ..inputs.user_dataset import UserData
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Analysis:
     markers: list[Marker] = field(default_factory=list)
     source_hits: list[SourceHit] = field(default_factory=list)
     source: str = ""  # the data file as records name it (for locations)
-    layout: list = field(default_factory=list)  # files and their rows (`datasource.locate`)
+    layout: list = field(default_factory=list)  # files and their rows (`inputs.sources.locate`)
 
     def location(self, line: int | None) -> str | None:
         if line is None:

@@ -24,7 +24,7 @@ from .oracle import OracleSample, Truth
 from .structure import StructureOracle
 from .scan import DataStats, Lines
 from .template import TemplateFacts
-from .user_dataset import IGNORE_INDEX, Item, UserData
+from ..inputs.user_dataset import IGNORE_INDEX, Item, UserData
 
 VIEW_BEFORE, VIEW_TOKENS = 24, 96  # token view window around the first disagreement
 MAX_VARIANT_ROWS = 200  # token rows rendered again to say which template variant they follow

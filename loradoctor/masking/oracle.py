@@ -29,6 +29,7 @@ import os
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
+from ..text import one_line
 from .template import PROBE_USER, Renderer, TemplateFacts, learn
 
 
@@ -100,9 +101,7 @@ class Oracle:
         try:
             text, gen = self.renderer.render(messages, generation=True)
         except Exception as exc:  # noqa: BLE001 - a record the template refuses is a finding
-            lines = str(exc).strip().splitlines()
-            return Truth(error=f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": "),
-                         n_assistant=n_assistant)
+            return Truth(error=one_line(exc), n_assistant=n_assistant)
         truth = locate_verbatim(text, messages, self.facts)
         if truth is None:
             truth = locate_by_prefixes(text, messages, self.facts, self.renderer)

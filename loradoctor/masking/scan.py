@@ -191,7 +191,7 @@ _STATE: dict = {}  # the worker's oracle and max length (inherited when forked)
 
 def _init_worker(tokenizer_dir: str | None, max_length: int | None) -> None:
     if "oracle" not in _STATE:  # spawned, not forked: load our own tokenizer
-        from ..load import load_tokenizer
+        from ..inputs.pretrained import load_tokenizer
         _STATE["oracle"] = Oracle(load_tokenizer(tokenizer_dir))
     _STATE["max_length"] = max_length
 

@@ -10,6 +10,7 @@ template that inspects content (Qwen3 looks for `</think>`) sees nothing special
 from __future__ import annotations
 
 import re
+from ..text import one_line
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,11 +104,6 @@ class TemplateFacts:
                 "has_generation": self.has_generation, "rewrites_history": self.rewrites_history}
 
 
-def _error(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
 def _special_ids(tokenizer) -> set[int]:
     ids = set(getattr(tokenizer, "all_special_ids", []) or [])
     ids.update(getattr(tokenizer, "added_tokens_decoder", {}) or {})
@@ -139,7 +135,7 @@ def learn(tokenizer, renderer: Renderer | None = None) -> TemplateFacts:
         gen_text = r.text(user, add_generation_prompt=True)
         pair_text = r.text(pair)
     except Exception as exc:  # noqa: BLE001 - a template that cannot render is a finding
-        f.problems.append(f"the template cannot render [user, assistant]: {_error(exc)}")
+        f.problems.append(f"the template cannot render [user, assistant]: {one_line(exc)}")
         return f
 
     # The assistant header: what add_generation_prompt appends, else what precedes the reply.
@@ -176,7 +172,7 @@ def learn(tokenizer, renderer: Renderer | None = None) -> TemplateFacts:
         if PROBE_USER_2 in four_text:
             f.user_header = four_text[a_end:four_text.index(PROBE_USER_2)]
     except Exception as exc:  # noqa: BLE001
-        f.problems.append(f"the template cannot render a two-turn conversation: {_error(exc)}")
+        f.problems.append(f"the template cannot render a two-turn conversation: {one_line(exc)}")
     prefix = user_text[:user_text.index(PROBE_USER)] if PROBE_USER in user_text else ""
     if f.user_header and prefix.endswith(f.user_header):
         f.preamble = prefix[:len(prefix) - len(f.user_header)]
@@ -197,12 +193,12 @@ def learn(tokenizer, renderer: Renderer | None = None) -> TemplateFacts:
             f.closes["system"] = _first_control_token(
                 tokenizer, sys_text[sys_text.index(PROBE_SYSTEM) + len(PROBE_SYSTEM):])[0] or ""
     except Exception as exc:  # noqa: BLE001
-        f.system_error = _error(exc)
+        f.system_error = one_line(exc)
     try:
         r.text([_msg("user", PROBE_USER), _msg("user", PROBE_USER_2),
                 _msg("assistant", PROBE_ASSISTANT)])
     except Exception as exc:  # noqa: BLE001
-        f.alternation_error = _error(exc)
+        f.alternation_error = one_line(exc)
 
     f.emits_bos = bool(f.bos_token) and pair_text.startswith(f.bos_token)
     with_special = tokenizer("a", add_special_tokens=True)["input_ids"]

@@ -25,7 +25,7 @@ from .oracle import Oracle
 from .scan import CHUNK, DataStats, pool_in_order
 from .shares import RecordingComparer, Share
 from .structure import StructureOracle
-from .user_dataset import UserData
+from ..inputs.user_dataset import UserData
 
 
 @dataclass
@@ -57,12 +57,12 @@ def _build(recipe: Recipe) -> None:
     if oracle is None:  # spawned: load our own tokenizer
         tok = recipe.tokenizer
         if tok is None:
-            from ..load import load_tokenizer
+            from ..inputs.pretrained import load_tokenizer
             tok = load_tokenizer(recipe.tokenizer_dir)
         oracle = Oracle(tok, recipe.facts)
     obj = recipe.obj
     if obj is None:
-        from ..load import load_spec
+        from ..inputs.specs import load_spec
         obj = load_spec(recipe.spec)
     _STATE["oracle"] = oracle
     _STATE["structure"] = StructureOracle(oracle) if recipe.structure else None
@@ -187,7 +187,7 @@ def compare_for(ctx, user: UserData, oracle: Oracle, markers: list, show: int, a
     `--shard` run's partial report carries for `merge`.
     """
     from .shares import view_decoder
-    from .user_dataset import is_instance
+    from ..inputs.user_dataset import is_instance
 
     data = ctx.data
     if data is None and ctx.records_given is not None and not is_instance(ctx.user_dataset):

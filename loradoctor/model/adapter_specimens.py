@@ -49,7 +49,7 @@ def peft_model(model_dir: Path):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from ..load import load_model
+    from ..inputs.pretrained import load_model
     torch.manual_seed(0)
     base = load_model(model_dir)
     config = LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS, lora_dropout=0.0,

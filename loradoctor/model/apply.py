@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from ..errors import InputError
-from ..load import _where
+from ..text import raised_at
 
 
 def apply_adapters(ctx, model=None):
@@ -34,7 +34,7 @@ def apply_adapters(ctx, model=None):
     try:
         returned = fn(model, **kwargs)
     except Exception as exc:  # noqa: BLE001 - the user's code raised
-        raise InputError(f"--apply {ctx.apply_spec} raised: {_where(exc)}") from exc
+        raise InputError(f"--apply {ctx.apply_spec} raised: {raised_at(exc)}") from exc
     return returned if isinstance(returned, nn.Module) else model
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+from ..text import one_line
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator
 
@@ -261,7 +262,7 @@ def detect(model, probe: dict) -> LossConvention:
             model.eval()
             return _measure(model, batch, conv, ids)
     except Exception as exc:  # noqa: BLE001 - the model's forward raised: the rules say why
-        return replace(conv, note=f"the forward raised {_one_line(exc)}; called as its "
+        return replace(conv, note=f"the forward raised {one_line(exc)}; called as its "
                                   f"signature says, loss assumed HF-style")
     finally:
         for m, training in modes:
@@ -392,8 +393,3 @@ def _cross_entropy_spy() -> Iterator[list]:
         yield seen
     finally:
         F.cross_entropy = real
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

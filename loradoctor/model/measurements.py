@@ -41,6 +41,7 @@ from .adapters import Adapter, Discovery, canonical, discover, forward_refs
 from ..rules import SkipCheck
 from .memory import releasing
 from .safety import preserved, rng_preserved
+from ..text import one_line
 
 # Relative tolerances by the dtype the adapted layers compute in (named, not buried).
 MODULE_RTOL = {torch.float32: 1e-4, torch.float64: 1e-8, torch.float16: 2e-2,
@@ -73,11 +74,6 @@ def user_code() -> Iterator[None]:
 
 def tol(table: dict, dtype: torch.dtype) -> float:
     return table.get(dtype, table[torch.float32])
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 # --- discovery ---------------------------------------------------------------------------

@@ -52,7 +52,8 @@ def load_offloaded(ctx):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ..load import _one_line, local_dir
+    from ..text import one_line
+    from ..inputs.pretrained import local_dir
 
     try:
         import accelerate  # noqa: F401
@@ -72,7 +73,7 @@ def load_offloaded(ctx):
             local_files_only=True, **kwargs)
     except Exception as exc:  # noqa: BLE001
         raise InputError(f"model {ctx.model_dir}: cannot be loaded with device_map=\"auto\": "
-                         f"{_one_line(exc)}") from exc
+                         f"{one_line(exc)}") from exc
     placed = getattr(model, "hf_device_map", {}) or {}
     ctx.summary["offload"] = {"device_map": {k: str(v) for k, v in placed.items()},
                               "disk": sum(1 for v in placed.values() if v == "disk"),

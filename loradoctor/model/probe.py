@@ -42,7 +42,7 @@ def probe_batch(ctx) -> dict[str, Any]:
     length = min(length, max_length(model) or length)
     if tok is not None and getattr(tok, "chat_template", None):
         if ctx.data is not None:
-            from ..load import read_records
+            from ..inputs.records import read_records
             convs = [r.messages for r in islice(read_records(ctx.data), batch * 4) if r.messages]
             source = f"{ctx.data} through the tokenizer's chat template"
         else:

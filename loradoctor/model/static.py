@@ -138,7 +138,8 @@ def meta_from_config(model_dir: Path):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ..load import _one_line, _own_class_hint, local_dir
+    from ..text import one_line
+    from ..inputs.pretrained import own_class_hint, local_dir
 
     d = local_dir(model_dir, "model")
     if not (d / "config.json").exists():
@@ -149,7 +150,7 @@ def meta_from_config(model_dir: Path):
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     except Exception as exc:  # noqa: BLE001 - the config is the user's input
         raise InputError(f"model {model_dir}: cannot be built from its config: "
-                         f"{_one_line(exc)}{_own_class_hint(d)}") from exc
+                         f"{one_line(exc)}{own_class_hint(d)}") from exc
     return model.eval()
 
 

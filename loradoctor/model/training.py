@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import convention as conv_
+from ..text import one_line
 
 TRAIN_LR = 1e-3  # high enough that a few steps on one batch visibly move the loss
 
@@ -48,8 +49,7 @@ def train(model, batch: dict, steps: int, params=None, lr: float = TRAIN_LR,
             opt.step()
             opt.zero_grad(set_to_none=True)
         except Exception as exc:  # noqa: BLE001 - the crash is what the caller reports
-            text = str(exc).strip().splitlines()
-            run.error = f"step {step}: {type(exc).__name__}: {text[0] if text else ''}"
+            run.error = f"step {step}: {one_line(exc)}"
             break
     opt.zero_grad(set_to_none=True)
     return run

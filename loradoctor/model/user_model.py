@@ -10,7 +10,7 @@ GPTs, course code), and transformers' Auto classes know none of them. NAME may b
   (nanoGPT's `GPT(config)`) gets its config built from the args: the class its annotation
   names, else `NAMEConfig`, else the one `...Config` class beside it in the module.
 
-The code is imported as `--apply` code is (`load.load_spec`: explicit and local); nothing
+The code is imported as `--apply` code is (`inputs.specs.load_spec`: explicit and local); nothing
 runs with `trust_remote_code`, nothing is fetched. Construction runs under a fixed seed with
 the caller's RNG states put back, so a model built from random weights is the same each run.
 """
@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..load import _where, load_spec
+from ..text import raised_at
+from ..inputs.specs import load_spec
 
 _SPEC = re.compile(r"^(?P<target>.+):(?P<name>[A-Za-z_]\w*)$")
 
@@ -58,7 +59,7 @@ def build(spec: str, args: dict[str, Any] | None, device: str = "cpu", seed: int
     try:
         model = model.to(device)
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"--model {spec}: moving it to {device} raised {_where(exc)}") from exc
+        raise InputError(f"--model {spec}: moving it to {device} raised {raised_at(exc)}") from exc
     return model.eval()
 
 
@@ -93,7 +94,7 @@ def _pretrained(cls, args: dict, spec: str):
     args = dict(args)
     path = args.pop("path", None) or args.pop("pretrained_model_name_or_path", None)
     if path is not None:
-        from ..load import local_dir
+        from ..inputs.pretrained import local_dir
         d = local_dir(path, "--model-arg path")
         if not (d / "config.json").exists():
             raise InputError(f"--model-arg path={path}: no config.json, not a directory saved "
@@ -166,4 +167,4 @@ def _run(make, spec: str):
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's code raised while building
-        raise InputError(f"--model {spec} raised {_where(exc)}") from exc
+        raise InputError(f"--model {spec} raised {raised_at(exc)}") from exc

@@ -15,7 +15,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from . import ReferenceRun, RunOutcome
+from .runs import ReferenceRun, RunOutcome
 
 STEPS = 6
 
@@ -67,7 +67,7 @@ def _serve(model_dir: Path, folder: Path, input_ids) -> dict:
     import torch
     from peft import PeftModel
 
-    from ..load import load_model
+    from ..inputs.pretrained import load_model
     base = load_model(model_dir)
     with torch.no_grad():
         base_logits = base(input_ids=input_ids).logits.float()

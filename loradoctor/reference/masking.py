@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 
 from ..errors import InputError
-from . import ReferenceRun, RunOutcome
+from .runs import ReferenceRun, RunOutcome
 
 STEPS = 6
 BATCH = 4
@@ -27,9 +27,7 @@ PIPELINE = "pipelines/minimind_dataset.py"
 
 def fixtures_dir() -> Path:
     """The repository's fixtures folder (not part of the installed package)."""
-    import loradoctor
-
-    path = Path(loradoctor.__file__).resolve().parent.parent / "fixtures"
+    path = Path(__file__).resolve().parents[2] / "fixtures"
     if not (path / DATA).is_file() or not (path / PIPELINE).is_file():
         raise InputError(f"reference run masking: needs the repository's fixtures folder "
                          f"({path}); run it from a source checkout of loradoctor")
@@ -128,7 +126,8 @@ def run_masking() -> RunOutcome:
     training step.
     """
     from ..assets import qwen3_tokenizer_dir, tiny_qwen3_dir
-    from ..load import load_model, load_spec, load_tokenizer
+    from ..inputs.pretrained import load_model, load_tokenizer
+    from ..inputs.specs import load_spec
 
     fx = fixtures_dir()
     data = fx / DATA

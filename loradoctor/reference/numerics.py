@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from . import ReferenceRun, RunOutcome
+from .runs import ReferenceRun, RunOutcome
 
 STEPS = 10
 BATCH = (4, 32)  # (batch, tokens) of the training batch
@@ -49,7 +49,7 @@ def _train(model_dir, fn_name: str, kwargs: dict, *, scaler: bool) -> dict:
     """
     import torch
 
-    from ..load import load_model
+    from ..inputs.pretrained import load_model
     from ..model.convention import call, loss
     from ..model.numerics import specimens
     from ..model.numerics.passes import ModuleRecorder

@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 
 from ..errors import InputError
-from . import RunOutcome
+from .runs import RunOutcome
 
 # Pipelines that went wrong are drawn in warm colours (their marks in the same colour), the
 # ones that train in cool colours.

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from .. import __version__
+from ..version import __version__
 from ..findings import jsonable
 from . import select_runs
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from . import ReferenceRun, RunOutcome
+from .runs import ReferenceRun, RunOutcome
 
 STEPS = 10
 BATCH = 2
@@ -66,7 +66,7 @@ def _train(tokenizer, rows, callback, out_dir) -> tuple[list[float], list[float]
     from transformers import Trainer, TrainingArguments
 
     from ..assets import tiny_qwen3_dir
-    from ..load import load_model
+    from ..inputs.pretrained import load_model
 
     class Stream(torch.utils.data.IterableDataset):
         def __iter__(self):
@@ -105,7 +105,7 @@ def run_watchdog() -> RunOutcome:
     import tempfile
 
     from ..integrations.transformers import LoraDoctorCallback
-    from ..load import load_tokenizer
+    from ..inputs.pretrained import load_tokenizer
     from ..assets import qwen3_tokenizer_dir
 
     tokenizer = load_tokenizer(qwen3_tokenizer_dir())

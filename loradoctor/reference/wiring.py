@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-from . import ReferenceRun, RunOutcome
+from .runs import ReferenceRun, RunOutcome
 
 STEPS = 8
 BATCH = (2, 32)     # (batch, tokens) of the training batch and of the checks' probe batch
@@ -46,7 +46,7 @@ def _train(model_dir, fn_name: str, steps: int = STEPS) -> dict:
     import torch
 
     from ..model.adapters import discover
-    from ..load import load_model
+    from ..inputs.pretrained import load_model
     from ..model.convention import logits
     from ..model.safety import rng_preserved
     from ..model.training import train

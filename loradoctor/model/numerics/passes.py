@@ -39,6 +39,7 @@ from typing import Any, Callable
 from ..convention import HF, LossConvention, call, logits_of, scored_loss
 from ..convention import loss as model_loss
 from ..memory import releasing
+from ...text import one_line
 
 FP16_MAX = 65504.0  # the largest finite fp16 value
 FP16_TINY = 2.0 ** -24  # the smallest fp16 subnormal: a value below half of it rounds to zero
@@ -185,7 +186,7 @@ def dtype_support(dtype: str, device: str) -> str | None:
     """None when `device` runs a matmul forward+backward in `dtype`, else the reason it cannot."""
     import torch
 
-    from ...load import torch_dtype
+    from ...inputs.pretrained import torch_dtype
 
     if dtype == "fp32":
         return None
@@ -200,13 +201,13 @@ def dtype_support(dtype: str, device: str) -> str | None:
         a = torch.ones(4, 4, dtype=torch_dtype(dtype), device=device, requires_grad=True)
         (a @ a).sum().backward()
     except Exception as exc:  # noqa: BLE001 - any failure means "this dtype does not run here"
-        return f"{dtype} matmul does not run on {device}: {_one_line(exc)}"
+        return f"{dtype} matmul does not run on {device}: {one_line(exc)}"
     return None
 
 
 def resolve_dtypes(dtypes: tuple[str, ...] | None) -> tuple[tuple[str, ...], bool]:
     """The dtypes to check in pass order, and whether they were chosen automatically."""
-    from ...load import DTYPES as ALIASES
+    from ...inputs.pretrained import DTYPES as ALIASES
 
     if not dtypes:
         return DTYPES, True
@@ -413,7 +414,7 @@ def run_pass(model, probe: dict, dtype: str, device: str, trainable: list[tuple[
     transformers computes it (`convention.loss`)."""
     import torch
 
-    from ...load import torch_dtype
+    from ...inputs.pretrained import torch_dtype
 
     result = DtypePass(dtype)
     grads: dict[str, Any] = {}
@@ -448,7 +449,7 @@ def run_pass(model, probe: dict, dtype: str, device: str, trainable: list[tuple[
                 grads[name] = sample.clone()
             _sync(device)
     except Exception as exc:  # noqa: BLE001 - a dtype that cannot run is a finding's reason
-        result.status, result.error = "failed", _one_line(exc)
+        result.status, result.error = "failed", one_line(exc)
     result.seconds = time.perf_counter() - start
     result.modules = recorder.stats() if result.ran else []
     return result, new_ref, grads
@@ -560,8 +561,3 @@ def measure(model, probe: dict, *, dtypes: tuple[str, ...] | None, device: str,
 def _dtype_name(dtype) -> str:
     return {"torch.float32": "fp32", "torch.float16": "fp16",
             "torch.bfloat16": "bf16"}.get(str(dtype), str(dtype).replace("torch.", ""))
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

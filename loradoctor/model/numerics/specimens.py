@@ -36,7 +36,7 @@ def _specimen(name: str, scale) -> Path:
     base = tiny_llama_dir()
 
     def build(out: Path) -> None:
-        from ...load import load_model
+        from ...inputs.pretrained import load_model
         model = load_model(base, "fp32", "cpu")
         with torch.no_grad():
             scale(model)
@@ -186,6 +186,6 @@ def apply_lora_fp32_adapters(model, rank: int = 8, alpha: float = 16, base_dtype
     The fp32 adapters are their own master weights, so AdamW updates them in fp32 (this is
     what PEFT does by default with `autocast_adapter_dtype=True`).
     """
-    from ...load import torch_dtype
+    from ...inputs.pretrained import torch_dtype
     model.to(torch_dtype(base_dtype))
     _attach(model, rank, alpha, torch.float32)

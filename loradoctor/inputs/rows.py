@@ -1,0 +1,125 @@
+"""Token rows: samples that hold `input_ids` and `labels` but no conversation.
+
+They come from a pre-tokenized file (`check-dataset DATA --tokenized`: JSON Lines or a `.json`
+list of `{"input_ids", "labels", ["attention_mask"]}`), from a dataset instance whose items are
+such rows (a torch `Dataset`, a Hugging Face `datasets.Dataset`), or from collated batches
+(`{"input_ids": (B, T), "labels": (B, T), "attention_mask": (B, T)}`, as a trainer's
+dataloader yields them). Each row is numbered from 1 in the order it comes; a row that cannot
+be read is kept with the reason, for LD100.
+
+TRL's processed datasets hold a mask instead of labels (`assistant_masks`, `completion_mask`):
+the labels are what its collator would make of it (the ids where the mask is 1, else -100).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from ..errors import InputError
+from .user_dataset import IGNORE_INDEX, Item, to_item
+
+MASK_KEYS = ("assistant_masks", "completion_mask")
+
+
+@dataclass
+class Row:
+    line: int
+    location: str
+    item: Item | None
+    problem: str | None = None
+
+
+def to_row(raw: Any, line: int, location: str) -> Row:
+    """One raw row (a dict, a tuple, tensors) as a `Row`; what cannot be read is its `problem`."""
+    made = None  # the mask the labels were made from here
+    if isinstance(raw, Mapping) and "labels" not in raw and "input_ids" in raw:
+        made = next((k for k in MASK_KEYS if k in raw), None)
+        if made is not None:
+            ids, mask = _list(raw["input_ids"]), _list(raw[made])
+            raw = {**raw, "labels": [t if m else IGNORE_INDEX for t, m in zip(ids, mask)]}
+    if isinstance(raw, Mapping) and ("input_ids" not in raw or "labels" not in raw):
+        keys = ", ".join(map(str, list(raw)[:6])) or "none"
+        return Row(line, location, None, f"the row has no input_ids and labels (keys: {keys})")
+    try:
+        item = to_item(raw, location)
+    except InputError as exc:
+        return Row(line, location, None, str(exc).removeprefix(f"{location} "))
+    if made is not None:
+        item.mask_from = made
+    return Row(line, location, item)
+
+
+def _list(value: Any) -> list:
+    return value.tolist() if hasattr(value, "tolist") else list(value)
+
+
+def file_rows(path: str | Path) -> Iterator[Row]:
+    """The rows of a JSON Lines file (or a `.json` list); a line that is not JSON is a problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"data {path}: no such file")
+    if p.suffix == ".json":
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{p}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(data, list) or not data:
+            raise InputError(f"data {p}: a .json data file must hold a non-empty list of rows")
+        for i, obj in enumerate(data, 1):
+            yield to_row(obj, i, f"{p}:{i}")
+        return
+    seen = 0
+    with p.open("r", encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            seen += 1
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield Row(n, f"{p}:{n}", None, f"not valid JSON ({exc.msg}, column {exc.colno})")
+                continue
+            yield to_row(obj, n, f"{p}:{n}")
+    if not seen:
+        raise InputError(f"data {p}: the file holds no rows")
+
+
+def instance_rows(dataset: Any, name: str = "dataset", start: int = 0,
+                  stop: int | None = None) -> Iterator[Row]:
+    """`dataset[i]` for every index in [start, stop) (all of them by default), numbered from 1
+    (`dataset[0]` is row 1)."""
+    try:
+        n = len(dataset)
+    except Exception as exc:  # noqa: BLE001 - the user's __len__ raised
+        raise InputError(f"{name}: len() raised {type(exc).__name__}: {exc}") from exc
+    for i in range(start, n if stop is None else min(stop, n)):
+        try:
+            raw = dataset[i]
+        except Exception as exc:  # noqa: BLE001 - the user's __getitem__ raised
+            raise InputError(f"{name}[{i}] raised {type(exc).__name__}: {exc}") from exc
+        yield to_row(raw, i + 1, f"{name}[{i}]")
+
+
+def batch_rows(batches: Iterable[Any]) -> Iterator[Row]:
+    """Every row of every collated batch, numbered from 1 across batches."""
+    line = 0
+    for b, batch in enumerate(batches):
+        if not isinstance(batch, Mapping) or "input_ids" not in batch:
+            line += 1
+            kind = type(batch).__name__
+            yield Row(line, f"batch {b}", None, f"a batch must be a dict with input_ids and "
+                                                f"labels, got {kind}")
+            continue
+        ids = _list(batch["input_ids"])
+        if ids and not isinstance(ids[0], (list, tuple)):
+            ids = [ids]  # one unbatched row
+            batch = {k: [_list(v)] for k, v in batch.items()}
+        for r in range(len(ids)):
+            line += 1
+            row = {k: _list(v)[r] for k, v in batch.items()
+                   if k in ("input_ids", "labels", "attention_mask", *MASK_KEYS)}
+            yield to_row(row, line, f"batch {b} row {r}")

@@ -1,0 +1,131 @@
+"""LD5xx adapter persistence through the real CLI: the safetensors round trip into a fresh
+copy rebuilt by the user's own code, the user's own save/load pair, unsafe `torch.load`, and
+merge equivalence.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from ..conftest import FIXTURES, PIPELINES
+from ..helpers import check_model, found
+
+LORA = FIXTURES / "lora"
+MINIMIND = PIPELINES / "minimind_lora.py"
+MINIMIND_FP16 = PIPELINES / "minimind_fp16_save.py"
+
+
+# check(cli, model_dir, spec, *extra) -> (exit code, JSON report)
+check = functools.partial(check_model, select="LD5")
+
+
+def test_adapters_outside_the_state_dict_fail_the_round_trip(cli, tiny_llama_dir):
+    code, data = check(cli, tiny_llama_dir, f"{LORA / 'ld501.py'}:bad")
+    assert code == 1
+    messages = [f["message"] for f in found(data, "LD501", "error")]
+    assert messages[0].startswith("14 of 14 adapters are not in the model's state_dict")
+    assert any(m.startswith("the fresh copy with the saved adapters loaded gives logits")
+               for m in messages)
+
+
+def test_registered_adapters_survive_the_round_trip_and_the_users_own_save_load(cli,
+                                                                                tiny_llama_dir):
+    code, data = check(cli, tiny_llama_dir, f"{LORA / 'ld501.py'}:good")
+    assert code == 0 and not data["findings"]
+    summary = {c["code"]: c["summary"] for c in data["checks"]}["LD501"]
+    assert summary.startswith("28 adapter tensors saved as safetensors; fresh copy restores "
+                              "14 of 14 adapters, logits max |diff| 0")
+    assert "save_lora/load_lora max |diff| 0" in summary
+
+
+def test_a_save_filter_that_loses_the_adapters_is_an_error_and_weights_only_false_warned(
+        cli, tiny_llama_dir):
+    code, data = check(cli, tiny_llama_dir, f"{LORA / 'ld501_user_save.py'}:bad")
+    assert code == 1  # the model itself round-trips; the user's save_lora is what loses it
+    (lossy,) = found(data, "LD501", "error")
+    assert "save_lora/load_lora" in lossy["message"]
+    assert "restores 0 of 14 adapters" in lossy["message"]
+    (unsafe,) = found(data, "LD501", "warning")
+    assert unsafe["location"].endswith("ld501_user_save.py:38")
+    assert "and weights_only=False" in unsafe["message"]
+
+
+def test_torch_load_without_weights_only_is_only_info_on_a_torch_that_defaults_to_safe(
+        cli, tiny_llama_dir):
+    code, data = check(cli, tiny_llama_dir, f"{MINIMIND}:apply_lora_factory")
+    assert code == 0 and not found(data, "LD501", "warning")
+    (note,) = found(data, "LD501", "info")
+    assert "without weights_only: safe on torch" in note["message"]
+    assert "default since torch 2.6" in note["message"]
+    assert note["evidence"]["weights_only_default"] is True
+
+
+def test_torch_load_without_weights_only_is_warned_on_a_torch_older_than_2_6(
+        cli, tiny_llama_dir, monkeypatch):
+    from loradoctor.model import measurements
+    monkeypatch.setattr(measurements, "torch_version", lambda: "2.5.1")
+    assert not measurements.weights_only_by_default()
+    code, data = check(cli, tiny_llama_dir, f"{MINIMIND}:apply_lora_factory")
+    (unsafe,) = found(data, "LD501", "warning")
+    assert "without weights_only=True on torch 2.5.1" in unsafe["message"]
+    assert not found(data, "LD501", "info")
+
+
+def test_a_save_pair_that_rounds_b_and_drops_a_still_loses_every_adapter(cli, tiny_llama_dir):
+    code, data = check(cli, tiny_llama_dir, f"{LORA / 'ld501_half_lost.py'}:bad")
+    assert code == 1
+    (lossy,) = found(data, "LD501", "error")
+    assert "restores 0 of 14 adapters" in lossy["message"]
+    assert not [f for f in data["findings"] if "rounded" in f["message"]]
+
+
+def test_a_save_pair_that_stores_fp16_restores_every_adapter_rounded_and_is_only_info(
+        cli, tiny_llama_dir):
+    """MiniMind's save_lora stores each adapter tensor with .half(): nothing is lost."""
+    code, data = check(cli, tiny_llama_dir, f"{MINIMIND_FP16}:apply_lora")
+    assert code == 0
+    assert not found(data, "LD501", "error") and not found(data, "LD501", "warning")
+    rounded = next(f for f in found(data, "LD501", "info") if "rounded" in f["message"])
+    assert rounded["message"].startswith("your save_lora/load_lora restores all 8 adapters into "
+                                         "a fresh copy, with 8 of them rounded: it stores their "
+                                         "tensors as fp16")
+    ev = rounded["evidence"]
+    assert ev["not_restored"] == [] and len(ev["rounded"]) == 8 and ev["rounded_as"] == "fp16"
+    assert 0 < ev["diff"] and 0 < ev["max_rel_error"] < 2.0 ** -10  # fp16 rounding, no more
+    summary = {c["code"]: c["summary"] for c in data["checks"]}["LD501"]
+    assert "fresh copy restores 8 of 8 adapters" in summary and "(rounded fp16)" in summary
+
+
+def test_peft_adapters_round_trip_and_merge(cli, tiny_llama_dir):
+    code, data = check(cli, tiny_llama_dir, None, "--peft",
+                       "r=4,lora_alpha=8,target_modules=q_proj,v_proj")
+    assert code == 0 and not data["findings"]
+
+
+def test_a_bias_in_a_breaks_merge_equivalence_and_names_the_layer(cli, tiny_llama_dir):
+    code, data = check(cli, tiny_llama_dir, f"{LORA / 'ld502.py'}:bad")
+    assert code == 1
+    (finding,) = found(data, "LD502", "error")
+    assert finding["message"].startswith("merging W + scaling * B @ A (declared scaling) into the "
+                                         "base weights gives logits up to")
+    assert "a bias in A or B" in finding["message"]
+    assert finding["location"] == "model.layers.0.self_attn.q_proj"
+    assert not found(data, "LD501")  # the bias is saved with the adapter: it round-trips
+
+
+def test_a_scaling_applied_twice_breaks_the_merge(cli, tiny_llama_dir):
+    code, data = check(cli, tiny_llama_dir, f"{LORA / 'ld405.py'}:bad_twice", select="LD502")
+    assert code == 1 and found(data, "LD502", "error")
+
+
+def test_a_plain_lora_merges_exactly(cli, tiny_llama_dir):
+    code, data = check(cli, tiny_llama_dir, f"{LORA / 'ld502.py'}:good", select="LD502")
+    assert code == 0 and not data["findings"]
+    assert data["checks"][0]["summary"].startswith("merged W + scaling * B @ A (declared scaling) "
+                                                   "matches the unmerged model")
+
+
+def test_persistence_skips_when_the_adapted_model_cannot_run(cli, tiny_llama_dir):
+    code, data = check(cli, tiny_llama_dir, f"{MINIMIND}:apply_lora")
+    assert {c["status"] for c in data["checks"]} == {"skip"}
+    assert "see LD201/LD401" in data["checks"][0]["summary"]
