@@ -9,7 +9,6 @@ strings, special-token-like text inside contents, long turns.
 
 from __future__ import annotations
 
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
