@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from loradoctor import engine, registry
-from loradoctor.context import _Memo
+from loradoctor.context import Memo
 from loradoctor.errors import InputError
 from loradoctor.findings import Report, Severity, Status
 from loradoctor.rules import Outcome, SkipCheck, rule
@@ -101,7 +101,7 @@ def test_the_registry_is_an_explicit_list_of_unique_documented_codes():
 def test_memo_computes_once_and_replays_the_same_exception():
     calls = []
 
-    class Ctx(_Memo):
+    class Ctx(Memo):
         pass
     ctx = Ctx()
     assert ctx.memo("k", lambda: calls.append(1) or 42) == 42
