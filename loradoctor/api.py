@@ -14,13 +14,13 @@ flags and modes (each check restores what it touches, `model.safety`), the globa
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from .errors import InputError, UnhealthyPipeline
 from .findings import Report
+from .inputs.tokenizer_state import restorer
 
 COMMANDS = ("check-dataset", "check-model", "check-adapter")
 _FAMILY = {"check-dataset": "dataset", "check-model": "model", "check-adapter": "adapter"}
@@ -264,7 +264,7 @@ def _dataset_context(tokenizer, data, dataset, batches, tokenized, max_length, s
         ctx.tokenizer_dir = Path(tokenizer)
     else:
         ctx.tokenizer_given = tokenizer
-        keep.append(tokenizer_restorer(tokenizer))
+        keep.append(restorer(tokenizer))
     if data is not None:
         if _is_path(data):
             ctx.data = Path(data)
@@ -349,7 +349,7 @@ def _model_context(model, tokenizer, data, apply, apply_args, peft, dtypes, devi
         ctx.tokenizer_dir = Path(tokenizer)
     elif tokenizer is not None:
         ctx.tokenizer_given = tokenizer
-        keep.append(tokenizer_restorer(tokenizer))
+        keep.append(restorer(tokenizer))
     if data is not None:
         ctx.data = Path(data)
     what = apply if isinstance(apply, str) else (
@@ -378,54 +378,3 @@ def _device_of(model) -> str:
     for p in model.parameters():
         return str(p.device)
     return "cpu"
-
-
-# --- leaving a live tokenizer as found ------------------------------------------------------
-
-_TOKENIZER_ATTRS = ("padding_side", "truncation_side", "model_max_length", "chat_template",
-                    "add_bos_token", "add_eos_token", "split_special_tokens")
-
-
-def tokenizer_restorer(tok) -> Callable[[], None]:
-    """A function that puts the tokenizer's settings back as they are now.
-
-    The user's dataset code runs with their own tokenizer and may change it (set `pad_token`,
-    `padding_side`); the Rust backend's truncation and padding are global state too.
-    """
-    import copy
-
-    saved = {a: copy.copy(getattr(tok, a)) for a in _TOKENIZER_ATTRS if hasattr(tok, a)}
-    special = {k: getattr(tok, k, None) for k in ("bos_token", "eos_token", "pad_token",
-                                                  "unk_token", "sep_token", "cls_token",
-                                                  "mask_token")}
-    extra = list(getattr(tok, "additional_special_tokens", []) or [])
-    backend = getattr(tok, "backend_tokenizer", None)
-    trunc = copy.deepcopy(backend.truncation) if backend is not None else None
-    pad = copy.deepcopy(backend.padding) if backend is not None else None
-
-    def restore() -> None:
-        for a, v in saved.items():
-            with contextlib.suppress(Exception):
-                if getattr(tok, a) != v:
-                    setattr(tok, a, v)
-        for k, v in special.items():
-            with contextlib.suppress(Exception):
-                if getattr(tok, k, None) != v:
-                    setattr(tok, k, v)
-        with contextlib.suppress(Exception):
-            if list(getattr(tok, "additional_special_tokens", []) or []) != extra:
-                tok.additional_special_tokens = extra
-        if backend is not None:
-            with contextlib.suppress(Exception):
-                if backend.truncation != trunc:
-                    if trunc is None:
-                        backend.no_truncation()
-                    else:
-                        backend.enable_truncation(**trunc)
-            with contextlib.suppress(Exception):
-                if backend.padding != pad:
-                    if pad is None:
-                        backend.no_padding()
-                    else:
-                        backend.enable_padding(**pad)
-    return restore
