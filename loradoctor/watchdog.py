@@ -104,14 +104,15 @@ class Watchdog:
             if self.on_error == "raise":
                 from .render import concise  # rich: imported only when it prints
                 report = self.report
-                raise UnhealthyPipeline(report, concise(_only(report, new), title=(
+                raise UnhealthyPipeline(report, concise(findings_report(new, report.command), title=(
                     f"loradoctor stopped the run at step {self.state.step}")))
             if self.on_error == "stop":
                 self.should_stop = True
         return new
 
 
-def _only(report, findings):
-    out = Report(report.command)
+def findings_report(findings, command: str = "watch") -> Report:
+    """A Report holding just these findings, one failed result each (what a step raised)."""
+    out = Report(command)
     out.results = [CheckResult(f.code, f.name, Status.FAIL, [f]) for f in findings]
     return out

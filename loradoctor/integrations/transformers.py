@@ -28,7 +28,7 @@ from transformers import TrainerCallback
 
 from ..findings import Report
 from ..model.run_state import WatchOptions
-from ..watchdog import ON_ERROR, Watchdog
+from ..watchdog import ON_ERROR, Watchdog, findings_report
 
 
 class LoraDoctorCallback(TrainerCallback):
@@ -121,7 +121,7 @@ class LoraDoctorCallback(TrainerCallback):
             self.report.results.extend(r for r in self.watch.report.results
                                        if r not in self.report.results)
             if self.on_error == "warn" or not self.quiet:
-                self._print(_findings_report(findings),
+                self._print(findings_report(findings),
                             f"loradoctor · step {state.global_step}")
             if self.watch.should_stop:
                 control.should_training_stop = True
@@ -136,13 +136,6 @@ class LoraDoctorCallback(TrainerCallback):
     def _print(self, report: Report, title: str) -> None:
         from ..render import console, print_report
         print_report(report, title=title, out=console(stderr=True))
-
-
-def _findings_report(findings) -> Report:
-    from ..findings import CheckResult, Status
-    out = Report("watch")
-    out.results = [CheckResult(f.code, f.name, Status.FAIL, [f]) for f in findings]
-    return out
 
 
 def _tokenizer_of(processing_class):
