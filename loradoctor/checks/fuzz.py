@@ -15,6 +15,7 @@ import functools
 
 from ..findings import Severity
 from ..masking.fuzz_search import RAISES, Failure, FuzzResult, fuzzing
+from ..masking.wording import plural, tally
 from ..rules import Outcome, Rule, SkipCheck, rule
 
 RECORD_IN_MESSAGE = 1000  # a longer shrunk record is cut in the message (whole in evidence)
@@ -50,8 +51,7 @@ def _describe(code: str, f: Failure, eot: str | None) -> tuple[str, Severity | N
     if code == "LD101":
         return "every label is -100 (no token is supervised)", None
     if code == "LD103":
-        kinds = ", ".join(f"{v} {k}" for k, v in sorted(c.prompt_categories.items(),
-                                                       key=lambda kv: -kv[1]))
+        kinds = tally(c.prompt_categories)
         n = sum(c.prompt_categories.values())
         return (f"{n} prompt token{'s are' if n != 1 else ' is'} supervised ({kinds} "
                 f"token{'s' if n != 1 else ''})"), None
@@ -95,7 +95,7 @@ def fuzz_findings(rule_: Rule, result: FuzzResult, eot: str | None) -> tuple[lis
     findings, views = [], []
     for f in result.failures_for(rule_.code):
         what, severity = _describe(rule_.code, f, eot)
-        turns = f"{f.turns} turn{'s' if f.turns != 1 else ''}"
+        turns = plural(f.turns, "turn")
         others = [c for c in f.codes if c != rule_.code]
         also = f" (it also breaks {', '.join(others)})" if others else ""
         record = f.jsonl if len(f.jsonl) <= RECORD_IN_MESSAGE else (

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from ..findings import Severity
 from ..masking.analysis import analysis
+from ..masking.wording import counted
 from ..rules import Outcome, SkipCheck, rule
-from .masking import _evidence, _lines, _n, _needs_dataset
 
 
 def convention(ctx):
@@ -69,21 +69,20 @@ def labels_not_shifted_for_model(ctx) -> Outcome:
         raise SkipCheck(f"{model_word(ctx)} shifts labels itself ({_how(conv)}): LD106 checks "
                         f"labels shifted by hand")
     a = analysis(ctx)
-    c = _needs_dataset(a)
+    c = a.needs_comparison()
     bad = c.unshifted
     judged = c.shifted.count + bad.count  # samples that supervise, read one way or the other
     name = model_word(ctx)
     if not bad:
         return Outcome(summary=f"labels are the next tokens in {c.shifted.count} of {judged} "
                                f"supervising samples, as {name} needs (it does not shift)")
-    finding = labels_not_shifted_for_model.finding(
-        f"{bad.count} of {_n(judged, 'supervising sample')} hold labels aligned with input_ids "
-        f"(labels[t] == input_ids[t]), but {name}'s loss does not shift them: it is trained "
-        f"to predict the token it is reading, a copy task; {_lines(bad)}",
-        location=a.location(bad.lines[0]),
-        evidence=_evidence(bad, judged=judged, convention=conv.to_dict()),
+    finding = a.finding(labels_not_shifted_for_model, bad, counted(
+        bad, "supervising sample", f" hold labels aligned with input_ids (labels[t] == "
+        f"input_ids[t]), but {name}'s loss does not shift them: it is trained to predict the "
+        f"token it is reading, a copy task", of=judged, then="; "),
         fix=f"shift by one for this model: x = ids[:-1], {conv.labels_arg or 'targets'} = "
-            f"labels[1:] (the next token at every position)")
+            f"labels[1:] (the next token at every position)",
+        judged=judged, convention=conv.to_dict())
     return Outcome([finding], summary=f"labels aligned with input_ids in {bad.count} of "
                                       f"{judged} supervising samples; {name} does not shift")
 
@@ -118,7 +117,7 @@ def mask_value_not_ignored_by_loss(ctx) -> Outcome:
     """
     conv = convention(ctx)
     a = analysis(ctx)
-    c = _needs_dataset(a)
+    c = a.needs_comparison()
     ignore = conv.ignore_index if conv.has_loss else -100
     name = model_word(ctx)
     findings = []
@@ -127,16 +126,13 @@ def mask_value_not_ignored_by_loss(ctx) -> Outcome:
             continue
         ignores = f"it ignores {ignore}" if ignore is not None else \
             "it ignores neither -100 nor -1"
-        findings.append(mask_value_not_ignored_by_loss.finding(
-            f"{lines.count} of {_n(c.samples, 'sample')} mask labels with {value}, which "
-            f"{name}'s loss does not ignore ({ignores}, {_how(conv)}): cross-entropy raises "
-            f"'Target {value} "
-            f"is out of bounds' on the first batch (a device-side assert on a GPU); "
-            f"{_lines(lines)}",
-            location=a.location(lines.lines[0]),
-            evidence=_evidence(lines, value=value, ignore_index=ignore, samples=c.samples),
+        findings.append(a.finding(mask_value_not_ignored_by_loss, lines, counted(
+            lines, "sample", f" mask labels with {value}, which {name}'s loss does not ignore "
+            f"({ignores}, {_how(conv)}): cross-entropy raises 'Target {value} is out of bounds' "
+            f"on the first batch (a device-side assert on a GPU)", of=c.samples, then="; "),
             fix=f"mask with {ignore}, the ignore_index of the model's loss" if ignore is not None
-            else "mask with the loss's ignore_index, or pass ignore_index to its cross_entropy"))
+            else "mask with the loss's ignore_index, or pass ignore_index to its cross_entropy",
+            value=value, ignore_index=ignore, samples=c.samples))
     used = ", ".join(f"{v} in {lines.count}" for v, lines in sorted(c.mask_values.items()))
     if findings:
         return Outcome(findings, summary=f"mask values {used} of {c.samples} samples; the loss "

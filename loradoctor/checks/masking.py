@@ -10,47 +10,13 @@ from __future__ import annotations
 
 from ..findings import Severity
 from ..masking.analysis import Analysis, analysis
-from ..masking.scan import Lines
+from ..masking.markers import none_attributes, none_marker
+from ..masking.template import SPECIAL_VARS
+from ..masking.wording import agree, counted, line_list, plural, tally, turns_missed
 from ..rules import Outcome, SkipCheck, rule
-
-LINES_IN_MESSAGE = 6  # line numbers spelled out in a message; evidence holds up to 1000
 
 TEMPLATE_FIX = ("find assistant spans from the chat template (its rendered text and offsets, or "
                 "its {% generation %} mask), not from a marker built by hand")
-
-
-def _lines(lines: Lines) -> str:
-    """`lines 3, 7, 9-12 and 40 more`: ranges compressed, the rest counted."""
-    shown, runs = lines.lines[:LINES_IN_MESSAGE * 4], []
-    for n in shown:
-        if runs and n == runs[-1][1] + 1:
-            runs[-1][1] = n
-        else:
-            runs.append([n, n])
-    parts = [f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:LINES_IN_MESSAGE]]
-    listed = sum(b - a + 1 for a, b in runs[:LINES_IN_MESSAGE])
-    more = lines.count - listed
-    word = "line" if listed == 1 else "lines"
-    return f"{word} {', '.join(parts)}" + (f" and {more} more" if more > 0 else "")
-
-
-def _n(count: int, noun: str) -> str:
-    """`1 sample`, `3 samples`."""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
-def _evidence(lines: Lines, **extra) -> dict:
-    return {"count": lines.count, "lines": lines.lines, **extra}
-
-
-def _needs_dataset(a: Analysis):
-    if a.comparison is None:
-        raise SkipCheck("needs --dataset (your dataset class or labelling function)")
-    return a.comparison
-
-
-def _views(a: Analysis, code: str) -> list:
-    return list(a.comparison.views.get(code, [])) if a.comparison is not None else []
 
 
 @rule("LD101", "no-supervised-tokens", command="dataset", severity=Severity.ERROR)
@@ -81,31 +47,22 @@ def no_supervised_tokens(ctx) -> Outcome:
     ```
     """
     a = analysis(ctx)
-    c = a.comparison
-    rule_ = no_supervised_tokens
-    if c is not None:
-        bad = c.no_supervised
-        findings = []
-        if bad:
-            findings.append(rule_.finding(
-                f"{bad.count} of {_n(c.samples, 'sample')} have no supervised token (every label is "
-                f"-100), so their loss is NaN or they are silently dropped: {_lines(bad)}",
-                location=a.location(bad.lines[0]),
-                evidence=_evidence(bad, samples=c.samples), fix=TEMPLATE_FIX))
-        return Outcome(findings, views=_views(a, "LD101"),
-                       summary=f"{c.samples - bad.count} of {c.samples} samples supervise at "
-                               f"least one token")
-    s = a.stats
-    bad = s.no_assistant
-    findings = []
-    if bad:
-        findings.append(rule_.finding(
-            f"{bad.count} of {_n(s.rendered, 'conversation')} have no assistant turn, so nothing in "
-            f"them can be supervised (NaN loss or a dropped sample): {_lines(bad)}",
-            location=a.location(bad.lines[0]), evidence=_evidence(bad, conversations=s.rendered),
-            fix="end every conversation with an assistant reply, or drop these records"))
-    return Outcome(findings, summary=f"{s.assistant_tokens} assistant tokens in {s.turns} turns "
-                                     f"of {s.rendered} conversations")
+    c, s = a.comparison, a.stats
+    if c is not None:  # the user's samples
+        bad, total, noun, fix = c.no_supervised, c.samples, "sample", TEMPLATE_FIX
+        said = (" have no supervised token (every label is -100), so their loss is NaN or they "
+                "are silently dropped")
+        summary = f"{c.samples - bad.count} of {c.samples} samples supervise at least one token"
+    else:  # the conversations alone: those with nothing to supervise
+        bad, total, noun = s.no_assistant, s.rendered, "conversation"
+        said = (" have no assistant turn, so nothing in them can be supervised (NaN loss or a "
+                "dropped sample)")
+        fix = "end every conversation with an assistant reply, or drop these records"
+        summary = (f"{s.assistant_tokens} assistant tokens in {s.turns} turns of {s.rendered} "
+                   f"conversations")
+    findings = [a.finding(no_supervised_tokens, bad, counted(bad, noun, said, of=total), fix=fix,
+                          **{f"{noun}s": total})] if bad else []
+    return Outcome(findings, views=a.views_for("LD101"), summary=summary)
 
 
 @rule("LD102", "marker-from-missing-special-token", command="dataset", severity=Severity.ERROR)
@@ -139,26 +96,18 @@ def marker_from_missing_special_token(ctx) -> Outcome:
     ```
     """
     a = analysis(ctx)
-    c = _needs_dataset(a)
+    c = a.needs_comparison()
     if a.user is None:
         raise SkipCheck("needs your dataset code or dataset object (token rows carry no markers)")
     tok = a.user.tokenizer
-    missing = [attr for attr in ("bos_token", "eos_token", "pad_token", "unk_token")
-               if getattr(tok, attr, "x") is None]
+    missing = none_attributes(tok, SPECIAL_VARS)
     symptom = c.no_supervised.count + c.unsupervised_assistant.count
-    # Token ids that decode to text with "None" in it were made by tokenizing a formatted None;
-    # a string holding "None" (or source that formats a None attribute) counts when samples
-    # actually lose their labels.
-    none_markers = [m for m in a.markers if missing and "None" in m.text
-                    and (m.ids is not None or symptom)]
+    found = none_marker(a.markers, a.source_hits, missing, symptom, a.facts.assistant_header,
+                        a.facts.end_of_turn)
     rule_ = marker_from_missing_special_token
     findings = []
-    if none_markers or (a.source_hits and symptom):
-        hit = a.source_hits[0] if a.source_hits else None
-        attr = hit.attribute if hit else ("bos_token" if "bos_token" in missing else missing[0])
-        marker = none_markers[0] if none_markers else None
-        end_like = attr == "eos_token" and not (marker and "assistant" in marker.text)
-        correct = (a.facts.end_of_turn if end_like else a.facts.assistant_header) or "?"
+    if found is not None:
+        attr, marker, hit, correct = found.attribute, found.marker, found.hit, found.template_marker
         what = (f"the marker {marker.attribute} decodes to {marker.text!r}" if marker
                 else f"{hit.snippet} formats tokenizer.{attr}")
         where = f" (built at {hit.location}: {hit.snippet})" if hit and marker else ""
@@ -167,12 +116,8 @@ def marker_from_missing_special_token(ctx) -> Outcome:
             f"is searched for and never found; {symptom} of {c.samples} samples lose their "
             f"assistant labels. The chat template's marker is {correct!r}",
             location=hit.location if hit else None,
-            evidence={"attribute": attr, "marker": marker.text if marker else None,
-                      "marker_attribute": marker.attribute if marker else None,
-                      "source": hit.location if hit else None,
-                      "template_marker": correct, "samples_affected": symptom,
-                      "samples": c.samples, "lines": (c.no_supervised.lines
-                                                      + c.unsupervised_assistant.lines)[:1000]},
+            evidence={**found.to_evidence(), "samples_affected": symptom, "samples": c.samples,
+                      "lines": (c.no_supervised.lines + c.unsupervised_assistant.lines)[:1000]},
             fix=f"build the marker from the template's text: tokenizer({correct!r}, "
                 f"add_special_tokens=False).input_ids"))
     checked = len(a.markers)
@@ -210,33 +155,26 @@ def prompt_tokens_supervised(ctx) -> Outcome:
     ```
     """
     a = analysis(ctx)
-    c = _needs_dataset(a)
+    c = a.needs_comparison()
     rule_ = prompt_tokens_supervised
     findings = []
     cats = {k: v for k, v in c.prompt_categories.items() if k != "padding"}
     if c.prompt_supervised:
-        kinds = ", ".join(f"{v} {k}" for k, v in sorted(cats.items(), key=lambda kv: -kv[1]))
-        findings.append(rule_.finding(
-            f"{c.prompt_supervised.count} of {_n(c.compared, 'sample')} supervise prompt tokens "
-            f"({kinds} tokens): the model is trained to write the prompt too; "
-            f"{_lines(c.prompt_supervised)}",
-            location=a.location(c.prompt_supervised.lines[0]),
-            evidence=_evidence(c.prompt_supervised, samples=c.compared, tokens=cats),
-            fix="set labels to -100 outside the assistant replies (keep the end-of-turn token)"))
+        findings.append(a.finding(rule_, c.prompt_supervised, counted(
+            c.prompt_supervised, "sample", f" supervise prompt tokens ({tally(cats)} tokens): "
+            f"the model is trained to write the prompt too", of=c.compared, then="; "),
+            fix="set labels to -100 outside the assistant replies (keep the end-of-turn token)",
+            samples=c.compared, tokens=cats))
     if c.padding_supervised:
-        findings.append(rule_.finding(
-            f"{_n(c.padding_supervised.count, 'sample')} supervise {c.prompt_categories['padding']} "
-            f"padding tokens: {_lines(c.padding_supervised)}",
-            location=a.location(c.padding_supervised.lines[0]),
-            evidence=_evidence(c.padding_supervised), fix="set labels of padding to -100"))
-    if c.separator_supervised:
-        sep = a.facts.separator
-        findings.append(rule_.finding(
-            f"{_n(c.separator_supervised.count, 'sample')} also supervise the separator {sep!r} "
-            f"after the end-of-turn token; harmless", severity=Severity.INFO,
-            location=a.location(c.separator_supervised.lines[0]),
-            evidence=_evidence(c.separator_supervised)))
-    return Outcome(findings, views=_views(a, "LD103"),
+        findings.append(a.finding(rule_, c.padding_supervised, counted(
+            c.padding_supervised, "sample", f" supervise {c.prompt_categories['padding']} "
+            f"padding tokens"), fix="set labels of padding to -100"))
+    if c.separator_supervised:  # harmless: an info, its lines in the evidence only
+        sep = c.separator_supervised
+        findings.append(a.finding(rule_, sep, f"{plural(sep.count, 'sample')} also supervise "
+                                  f"the separator {a.facts.separator!r} after the end-of-turn "
+                                  f"token; harmless", severity=Severity.INFO))
+    return Outcome(findings, views=a.views_for("LD103"),
                    summary=f"{c.compared - c.prompt_supervised.count} of {c.compared} samples "
                            f"supervise no prompt token")
 
@@ -268,30 +206,23 @@ def assistant_tokens_unsupervised(ctx) -> Outcome:
     ```
     """
     a = analysis(ctx)
-    c = _needs_dataset(a)
+    c = a.needs_comparison()
     rule_ = assistant_tokens_unsupervised
     findings = []
     bad = c.unsupervised_assistant
     if bad:
-        parts = []
-        if c.missing_turns:
-            parts.append(f"{c.missing_turns} whole turn(s)")
-        if c.partial_turns:
-            parts.append(f"{c.partial_turns} turn(s) partly"
-                         + (f", {c.tail_samples} sample(s) lose a tail" if c.tail_samples else ""))
-        findings.append(rule_.finding(
-            f"{bad.count} of {_n(c.compared, 'sample')} leave assistant tokens unsupervised: "
-            f"{c.missing_tokens} of {c.assistant_tokens} assistant tokens are labelled -100 "
-            f"({'; '.join(parts)}); {_lines(bad)}",
-            location=a.location(bad.lines[0]),
-            evidence=_evidence(bad, samples=c.compared, tokens=c.missing_tokens,
-                               assistant_tokens=c.assistant_tokens, whole_turns=c.missing_turns,
-                               partial_turns=c.partial_turns),
+        findings.append(a.finding(rule_, bad, counted(
+            bad, "sample", f" leave assistant tokens unsupervised: {c.missing_tokens} of "
+            f"{c.assistant_tokens} assistant tokens are labelled -100 "
+            f"({turns_missed(c.missing_turns, c.partial_turns, c.tail_samples)})",
+            of=c.compared, then="; "),
             fix="supervise every assistant turn's body up to and including its end-of-turn "
-                "token; " + TEMPLATE_FIX))
+                "token; " + TEMPLATE_FIX,
+            samples=c.compared, tokens=c.missing_tokens, assistant_tokens=c.assistant_tokens,
+            whole_turns=c.missing_turns, partial_turns=c.partial_turns))
     # Only the compared samples count here: no_supervised also holds samples whose ids differ.
     with_labels = c.compared_supervising
-    return Outcome(findings, views=_views(a, "LD104"),
+    return Outcome(findings, views=a.views_for("LD104"),
                    summary=f"{c.assistant_tokens - c.missing_tokens} of {c.assistant_tokens} "
                            f"assistant tokens supervised in the {with_labels} samples that "
                            f"supervise anything")
@@ -326,23 +257,21 @@ def end_of_turn_unsupervised(ctx) -> Outcome:
     ```
     """
     a = analysis(ctx)
-    f = a.facts
+    c, f = a.comparison, a.facts
     eot = f.end_of_turn
     rule_ = end_of_turn_unsupervised
     findings = []
-    if a.comparison is not None:
-        c = a.comparison
+    if c is not None:
         bad = c.eot_unsupervised
         if bad:
-            findings.append(rule_.finding(
-                f"{c.eot_missing - c.eot_missing_as_pad} of {c.eot_total} end-of-turn tokens "
-                f"({eot!r}) are labelled -100 in {_n(bad.count, 'sample')}: the model never learns to "
-                f"stop; {_lines(bad)}",
-                location=a.location(bad.lines[0]),
-                evidence=_evidence(bad, end_of_turn=eot, end_of_turn_id=f.end_of_turn_id,
-                                   missing=c.eot_missing, total=c.eot_total),
-                fix=f"include {eot!r} at the end of each supervised assistant span"))
-        return Outcome(findings, views=_views(a, "LD105"),
+            findings.append(a.finding(rule_, bad, counted(
+                bad, "sample", ": the model never learns to stop",
+                before=f"{c.eot_missing - c.eot_missing_as_pad} of {c.eot_total} end-of-turn "
+                       f"tokens ({eot!r}) are labelled -100 in ", then="; "),
+                fix=f"include {eot!r} at the end of each supervised assistant span",
+                end_of_turn=eot, end_of_turn_id=f.end_of_turn_id, missing=c.eot_missing,
+                total=c.eot_total))
+        return Outcome(findings, views=a.views_for("LD105"),
                        summary=f"{c.eot_total - c.eot_missing} of {c.eot_total} end-of-turn "
                                f"tokens ({eot!r}) supervised in the samples that supervise "
                                f"anything")
@@ -354,10 +283,9 @@ def end_of_turn_unsupervised(ctx) -> Outcome:
             evidence=f.to_evidence(),
             fix="use a template that closes assistant turns with the model's end-of-turn token"))
     elif s.eot_missing:
-        findings.append(rule_.finding(
-            f"in {_n(s.eot_missing.count, 'conversation')} an assistant turn is not closed by "
-            f"{eot!r}: {_lines(s.eot_missing)}", severity=Severity.WARNING,
-            location=a.location(s.eot_missing.lines[0]), evidence=_evidence(s.eot_missing)))
+        findings.append(a.finding(rule_, s.eot_missing, counted(
+            s.eot_missing, "conversation", f" an assistant turn is not closed by {eot!r}",
+            before="in "), severity=Severity.WARNING))
     return Outcome(findings, summary=f"assistant turns end with {eot!r} (id {f.end_of_turn_id}) "
                                      f"in {s.turns - s.eot_missing.count} of {s.turns} turns")
 
@@ -389,7 +317,7 @@ def labels_shifted_by_hand(ctx) -> Outcome:
     ```
     """
     a = analysis(ctx)
-    c = _needs_dataset(a)
+    c = a.needs_comparison()
     bad = c.shifted
     conv = getattr(ctx, "convention", None)
     if conv is not None and conv.has_loss and not conv.shifts:
@@ -397,13 +325,13 @@ def labels_shifted_by_hand(ctx) -> Outcome:
                                f"{ctx.model_name} needs: it does not shift (see LD116)")
     findings = []
     if bad:
-        findings.append(labels_shifted_by_hand.finding(
-            f"{bad.count} of {_n(c.samples, 'sample')} hold the next token's id as each label "
-            f"(labels[t] == input_ids[t+1]): a transformers model shifts again and learns to "
-            f"predict the token after next; {_lines(bad)}",
-            location=a.location(bad.lines[0]), evidence=_evidence(bad, samples=c.samples),
-            fix="return labels aligned with input_ids (labels[t] is input_ids[t] or -100)"))
-    return Outcome(findings, views=_views(a, "LD106"),
+        findings.append(a.finding(labels_shifted_by_hand, bad, counted(
+            bad, "sample", " hold the next token's id as each label (labels[t] == "
+            "input_ids[t+1]): a transformers model shifts again and learns to predict the token "
+            "after next", of=c.samples, then="; "),
+            fix="return labels aligned with input_ids (labels[t] is input_ids[t] or -100)",
+            samples=c.samples))
+    return Outcome(findings, views=a.views_for("LD106"),
                    summary=f"labels aligned with input_ids in {c.samples - bad.count} of "
                            f"{c.samples} samples")
 
@@ -437,47 +365,39 @@ def assistant_tokens_truncated(ctx) -> Outcome:
     ```
     """
     a = analysis(ctx)
+    c, s = a.comparison, a.stats
     rule_ = assistant_tokens_truncated
     findings = []
-    if a.comparison is not None:
-        c = a.comparison
+    if c is not None:  # cut by the user's code (its max length), or at --max-length
         limit = c.user_max_length or ctx.max_length
         at = f" at {limit} tokens" if limit else ""
-        all_, part = c.truncated_all, c.truncated_part
+        all_, part, cut, n = c.truncated_all, c.truncated_part, c.cut_tokens, c.samples
+    elif ctx.max_length is None:
+        return Outcome(summary=f"no --max-length given; longest conversation {s.longest} "
+                               f"tokens ({a.location(s.longest_line)}), 95% within "
+                               f"{s.percentile(0.95)}")
     else:
-        s = a.stats
-        if ctx.max_length is None:
-            return Outcome(summary=f"no --max-length given; longest conversation {s.longest} "
-                                   f"tokens ({a.location(s.longest_line)}), 95% within "
-                                   f"{s.percentile(0.95)}")
         limit = ctx.max_length
         at = f" at --max-length {limit}"
-        all_, part = s.cut_all, s.cut_part
+        all_, part, cut, n = s.cut_all, s.cut_part, s.cut_tokens, s.rendered
     fix = ("raise the max length, truncate the prompt from the left, or drop conversations "
            "that do not fit")
     if all_:
-        findings.append(rule_.finding(
-            f"{_n(all_.count, 'sample')} lose{'s' if all_.count == 1 else ''} every assistant token to truncation{at}, leaving "
-            f"nothing to supervise: {_lines(all_)}",
-            location=a.location(all_.lines[0]), evidence=_evidence(all_, max_length=limit),
-            fix=fix))
+        findings.append(a.finding(rule_, all_, counted(
+            all_, "sample", f" {agree(all_.count, 'loses', 'lose')} every assistant token to "
+            f"truncation{at}, leaving nothing to supervise"), fix=fix, max_length=limit))
     if part:
-        cut = (a.comparison.cut_tokens if a.comparison is not None else a.stats.cut_tokens)
-        findings.append(rule_.finding(
-            f"{_n(part.count, 'sample')} lose{'s' if part.count == 1 else ''} part of their assistant tokens to truncation{at} "
-            f"({cut} tokens in all, with their end-of-turn token): {_lines(part)}",
-            severity=Severity.WARNING, location=a.location(part.lines[0]),
-            evidence=_evidence(part, max_length=limit, tokens_cut=cut), fix=fix))
-    if a.comparison is not None and a.comparison.cut_in_turn:
-        cut = a.comparison.cut_in_turn
-        findings.append(rule_.finding(
-            f"{_n(cut.count, 'sample')} end{'s' if cut.count == 1 else ''} inside an assistant "
-            f"turn (no end-of-turn token after its last reply): cut by truncation, the model "
-            f"never sees where that reply ends; {_lines(cut)}", severity=Severity.WARNING,
-            location=a.location(cut.lines[0]), evidence=_evidence(cut, max_length=limit),
-            fix=fix))
-    n = a.comparison.samples if a.comparison is not None else a.stats.rendered
-    return Outcome(findings, views=_views(a, "LD107"),
+        findings.append(a.finding(rule_, part, counted(
+            part, "sample", f" {agree(part.count, 'loses', 'lose')} part of their assistant "
+            f"tokens to truncation{at} ({cut} tokens in all, with their end-of-turn token)"),
+            severity=Severity.WARNING, fix=fix, max_length=limit, tokens_cut=cut))
+    if c is not None and c.cut_in_turn:
+        findings.append(a.finding(rule_, c.cut_in_turn, counted(
+            c.cut_in_turn, "sample", f" {agree(c.cut_in_turn.count, 'ends', 'end')} inside an "
+            f"assistant turn (no end-of-turn token after its last reply): cut by truncation, the "
+            f"model never sees where that reply ends", then="; "), severity=Severity.WARNING,
+            fix=fix, max_length=limit))
+    return Outcome(findings, views=a.views_for("LD107"),
                    summary=f"{n - all_.count - part.count} of {n} samples keep every assistant "
                            f"token{at}")
 
@@ -508,26 +428,24 @@ def pad_equals_eos_masks_eos(ctx) -> Outcome:
     ```
     """
     a = analysis(ctx)
-    f = a.facts
+    c, f = a.comparison, a.facts
     rule_ = pad_equals_eos_masks_eos
     findings = []
-    if a.comparison is not None:
-        c = a.comparison
+    if c is not None:
         tok = a.user.tokenizer if a.user is not None else ctx.tokenizer
         pad = getattr(tok, "pad_token", None)
         bad = c.eot_as_pad
         if bad:
-            findings.append(rule_.finding(
-                f"pad_token is {pad!r} (id {tok.pad_token_id}), the end-of-turn token, and the "
-                f"end-of-turn token is labelled -100 in {_n(bad.count, 'sample')}: padding masked by "
-                f"id masks every real end-of-turn too, so the model never learns to stop; "
-                f"{_lines(bad)}",
-                location=a.location(bad.lines[0]),
-                evidence=_evidence(bad, pad_token=pad, pad_token_id=tok.pad_token_id),
+            findings.append(a.finding(rule_, bad, counted(
+                bad, "sample", ": padding masked by id masks every real end-of-turn too, so the "
+                "model never learns to stop", then="; ",
+                before=f"pad_token is {pad!r} (id {tok.pad_token_id}), the end-of-turn token, "
+                       f"and the end-of-turn token is labelled -100 in "),
                 fix="mask padding by position (attention_mask == 0), not by token id, or use a "
-                    "pad token distinct from the end-of-turn token"))
+                    "pad token distinct from the end-of-turn token",
+                pad_token=pad, pad_token_id=tok.pad_token_id))
         same = pad is not None and pad in (f.end_of_turn, getattr(tok, "eos_token", None))
-        return Outcome(findings, views=_views(a, "LD108"),
+        return Outcome(findings, views=a.views_for("LD108"),
                        summary=(f"pad_token {pad!r} is the end-of-turn token, but end-of-turn "
                                 f"tokens stay supervised" if same and not bad
                                 else f"pad_token {pad!r}"))
@@ -568,22 +486,20 @@ def double_bos(ctx) -> Outcome:
     ```
     """
     a = analysis(ctx)
-    f = a.facts
-    rule_ = double_bos
+    c, f = a.comparison, a.facts
     findings = []
-    if a.comparison is not None:
-        c = a.comparison
+    if c is not None:
         bad = c.double_bos
         if bad:
-            findings.append(rule_.finding(
-                f"{bad.count} of {_n(c.samples, 'sample')} start with {f.bos_token!r} twice: the "
-                f"template writes it and tokenization adds another; {_lines(bad)}",
-                location=a.location(bad.lines[0]), evidence=_evidence(bad, bos_token=f.bos_token),
-                fix="tokenize the rendered text with add_special_tokens=False"))
+            findings.append(a.finding(double_bos, bad, counted(
+                bad, "sample", f" start with {f.bos_token!r} twice: the template writes it and "
+                f"tokenization adds another", of=c.samples, then="; "),
+                fix="tokenize the rendered text with add_special_tokens=False",
+                bos_token=f.bos_token))
         return Outcome(findings, summary=f"{c.samples - bad.count} of {c.samples} samples start "
                                          f"with at most one BOS")
     if f.emits_bos and f.adds_bos:
-        findings.append(rule_.finding(
+        findings.append(double_bos.finding(
             f"the template writes {f.bos_token!r} and tokenizer(text) adds another unless "
             f"add_special_tokens=False", severity=Severity.INFO,
             evidence={"bos_token": f.bos_token, "emits_bos": True, "adds_bos": True},
@@ -621,21 +537,18 @@ def input_ids_differ_from_template(ctx) -> Outcome:
     ```
     """
     a = analysis(ctx)
-    c = _needs_dataset(a)
+    c = a.needs_comparison()
     if not ctx.has_conversations:
         return _rows_unexplained(a, c)
     rule_ = input_ids_differ_from_template
     findings = []
     bad = c.ids_differ
     if bad:
-        findings.append(rule_.finding(
-            f"the input_ids of {bad.count} of {_n(c.samples, 'sample')} differ from the chat "
-            f"template's rendering; {c.first_differ}; {_lines(bad)}",
-            location=a.location(bad.lines[0]), evidence=_evidence(bad, samples=c.samples,
-                                                                    first=c.first_differ),
+        findings.append(a.finding(rule_, bad, counted(
+            bad, "sample", f" differ from the chat template's rendering; {c.first_differ}",
+            of=c.samples, before="the input_ids of ", then="; "),
             fix="render with tokenizer.apply_chat_template(messages, tokenize=False) and "
-                "tokenize with add_special_tokens=False"))
-    readable = c.samples
+                "tokenize with add_special_tokens=False", samples=c.samples, first=c.first_differ))
     if c.n_items is not None and c.n_items != c.n_records:
         findings.append(rule_.finding(
             f"{a.user.name} has {c.n_items} items for {c.n_records} records in the file; items "
@@ -643,7 +556,7 @@ def input_ids_differ_from_template(ctx) -> Outcome:
             f"be off", evidence={"items": c.n_items, "records": c.n_records},
             fix="keep one item per record, in file order (filter records before writing the "
                 "file)"))
-    summary = f"{readable - bad.count} of {readable} samples match the template's ids"
+    summary = f"{c.samples - bad.count} of {c.samples} samples match the template's ids"
     if c.by_tokens:
         summary += (f"; {c.by_tokens} that differ had their labels checked against their own "
                     f"tokens' turns")
@@ -657,12 +570,11 @@ def _rows_unexplained(a: Analysis, c) -> Outcome:
     bad = c.unexplained
     findings = []
     if bad:
-        findings.append(input_ids_differ_from_template.finding(
-            f"{bad.count} of {_n(c.samples, 'row')} hold no turn the chat template's structure "
-            f"explains, so their labels cannot be checked ({c.first_differ}): {_lines(bad)}",
-            location=a.location(bad.lines[0]), evidence=_evidence(bad, samples=c.samples),
+        findings.append(a.finding(input_ids_differ_from_template, bad, counted(
+            bad, "row", f" hold no turn the chat template's structure explains, so their labels "
+            f"cannot be checked ({c.first_differ})", of=c.samples),
             fix="tokenize tokenizer.apply_chat_template(messages, tokenize=False) with the "
-                "tokenizer the model trains with"))
+                "tokenizer the model trains with", samples=c.samples))
     return Outcome(findings, summary=f"{c.samples - bad.count} of {c.samples} rows split into "
                                      f"turns by the template's structure")
 
@@ -704,36 +616,34 @@ def marker_tokenizes_differently_in_context(ctx) -> Outcome:
     findings = []
     fix = ("locate replies by character offsets (return_offsets_mapping) or the template's "
            "generation mask, not by searching input_ids for a marker's ids")
-    header = a.facts.assistant_header
-    if a.comparison is not None:
-        c = a.comparison
+    header, c = a.facts.assistant_header, a.comparison
+    if c is not None:
         for attr, lines in c.marker_miss.items():
             marker = next(m for m in a.markers if m.attribute == attr)
             text_n, token_n = c.marker_counts[attr]
-            findings.append(rule_.finding(
-                f"marker {attr} ({marker.text!r}) occurs {text_n} times in the template's text "
-                f"but its ids only {token_n} times: in context its edge merges with the next "
-                f"text, in {_n(lines.count, 'sample')}; {_lines(lines)}",
-                location=a.location(lines.lines[0]),
-                evidence=_evidence(lines, marker=marker.text, ids=marker.ids,
-                                   text_occurrences=text_n, token_occurrences=token_n), fix=fix))
+            findings.append(a.finding(rule_, lines, counted(
+                lines, "sample", "", then="; ",
+                before=f"marker {attr} ({marker.text!r}) occurs {text_n} times in the "
+                       f"template's text but its ids only {token_n} times: in context its edge "
+                       f"merges with the next text, in "),
+                fix=fix, marker=marker.text, ids=marker.ids, text_occurrences=text_n,
+                token_occurrences=token_n))
         if c.straddle_missing and not c.marker_miss:
             lines = c.straddle_missing
-            findings.append(rule_.finding(
-                f"{_n(lines.count, 'sample')} leave{'s' if lines.count == 1 else ''} an assistant turn unsupervised whose reply starts "
-                f"with text that merges with the header's last token ({header!r}), so the "
-                f"header's ids do not occur there; {_lines(lines)}",
-                location=a.location(lines.lines[0]), evidence=_evidence(lines), fix=fix))
+            findings.append(a.finding(rule_, lines, counted(
+                lines, "sample", f" {agree(lines.count, 'leaves', 'leave')} an assistant turn "
+                f"unsupervised whose reply starts with text that merges with the header's last "
+                f"token ({header!r}), so the header's ids do not occur there", then="; "),
+                fix=fix))
         return Outcome(findings, summary=f"{len([m for m in a.markers if m.ids])} marker(s) "
                                          f"checked in context")
     s = a.stats
     if s.straddle:
-        findings.append(rule_.finding(
-            f"{_n(s.straddle_turns, 'assistant turn')} in {_n(s.straddle.count, 'conversation')} start with "
-            f"text that merges with the header's last token ({header!r}); code that searches "
-            f"input_ids for the header's ids misses them: {_lines(s.straddle)}",
-            severity=Severity.INFO, location=a.location(s.straddle.lines[0]),
-            evidence=_evidence(s.straddle, turns=s.straddle_turns), fix=fix))
+        findings.append(a.finding(rule_, s.straddle, counted(
+            s.straddle, "conversation", f" start with text that merges with the header's last "
+            f"token ({header!r}); code that searches input_ids for the header's ids misses them",
+            before=f"{plural(s.straddle_turns, 'assistant turn')} in "),
+            severity=Severity.INFO, fix=fix, turns=s.straddle_turns))
     return Outcome(findings, summary=f"{s.turns - s.straddle_turns} of {s.turns} assistant turns "
                                      f"start on a token boundary after the header")
 
@@ -777,21 +687,18 @@ def template_cannot_render_record(ctx) -> Outcome:
             hint = "merge the system message into the first user turn (the template has none)"
         elif f.alternation_error and ("alternat" in low or "order" in low):
             hint = "merge consecutive turns of the same role (the template needs alternation)"
-        findings.append(rule_.finding(
-            f"{lines.count} of {_n(s.records, 'conversation')} cannot be rendered by the chat "
-            f"template ({message}): {_lines(lines)}",
-            location=a.location(lines.lines[0]), evidence=_evidence(lines, error=message),
-            fix=hint))
+        findings.append(a.finding(rule_, lines, counted(
+            lines, "conversation", f" cannot be rendered by the chat template ({message})",
+            of=s.records), fix=hint, error=message))
     if s.unlocated:
-        findings.append(rule_.finding(
-            f"in {_n(s.unlocated.count, 'conversation')} an assistant reply could not be located in "
-            f"the rendered text, so its labels were not checked: {_lines(s.unlocated)}",
-            severity=Severity.WARNING, location=a.location(s.unlocated.lines[0]),
-            evidence=_evidence(s.unlocated)))
+        findings.append(a.finding(rule_, s.unlocated, counted(
+            s.unlocated, "conversation", " an assistant reply could not be located in the "
+            "rendered text, so its labels were not checked", before="in "),
+            severity=Severity.WARNING))
     for problem in f.problems:
         findings.append(rule_.finding(f"chat template: {problem}", severity=Severity.WARNING,
                                       evidence=f.to_evidence()))
-    methods = ", ".join(f"{n} {m}" for m, n in s.methods.most_common())
+    methods = tally(s.methods)
     return Outcome(findings, summary=f"{s.rendered} of {s.records} conversations render; "
                                      f"replies located: {methods or 'none'}")
 
@@ -887,18 +794,16 @@ def template_rewrites_history(ctx) -> Outcome:
     if s.rewritten:
         how = "drops <think> reasoning from earlier assistant turns" if f.drops_reasoning \
             else "reformats them (trims or moves text)"
-        findings.append(rule_.finding(
-            f"{_n(s.rewritten.count, 'conversation')} ha{'s' if s.rewritten.count == 1 else 've'} assistant replies the template does not "
-            f"render verbatim (it {how}); their labels follow the rendered text: "
-            f"{_lines(s.rewritten)}", location=a.location(s.rewritten.lines[0]),
-            evidence=_evidence(s.rewritten, drops_reasoning=f.drops_reasoning)))
+        findings.append(a.finding(rule_, s.rewritten, counted(
+            s.rewritten, "conversation", f" {agree(s.rewritten.count, 'has', 'have')} assistant "
+            f"replies the template does not render verbatim (it {how}); their labels follow the "
+            f"rendered text"), drops_reasoning=f.drops_reasoning))
     if s.generation_mismatch:
-        findings.append(rule_.finding(
-            f"in {_n(s.generation_mismatch.count, 'conversation')} the template's generation blocks "
-            f"disagree with the replies found in the rendered text ({s.first_mismatch}); the "
-            f"generation blocks were used: {_lines(s.generation_mismatch)}",
-            severity=Severity.WARNING, location=a.location(s.generation_mismatch.lines[0]),
-            evidence=_evidence(s.generation_mismatch, first=s.first_mismatch)))
+        findings.append(a.finding(rule_, s.generation_mismatch, counted(
+            s.generation_mismatch, "conversation", f" the template's generation blocks disagree "
+            f"with the replies found in the rendered text ({s.first_mismatch}); the generation "
+            f"blocks were used", before="in "), severity=Severity.WARNING,
+            first=s.first_mismatch))
     if f.rewrites_history:
         summary = f"the template rewrites earlier turns; {s.rewritten.count} conversations affected"
     else:
@@ -915,29 +820,21 @@ def _rows_variant(a: Analysis) -> Outcome:
     if not rows:
         return Outcome(summary=f"{c.variant_checked} of {c.variant_checked} rows checked follow "
                                f"the tokenizer's own chat template")
-    finding = template_rewrites_history.finding(
+    # "rows" whatever the count ("1 of 1 rows"), as this message has always read.
+    finding = a.finding(
+        template_rewrites_history, rows,
         f"{rows.count} of {c.variant_checked} rows follow a variant of the tokenizer's chat "
         f"template ({c.first_variant}); the variant is self-consistent, so labels were judged "
-        f"against the rows' own turns: {_lines(rows)}", location=a.location(rows.lines[0]),
-        evidence=_evidence(rows, checked=c.variant_checked, first=c.first_variant))
+        f"against the rows' own turns: {line_list(rows)}",
+        checked=c.variant_checked, first=c.first_variant)
     return Outcome([finding], summary=f"{c.variant_checked - rows.count} of "
                                       f"{c.variant_checked} rows follow the tokenizer's own "
                                       f"chat template, {rows.count} a variant of it")
 
 
-RULES = [
-    no_supervised_tokens,
-    marker_from_missing_special_token,
-    prompt_tokens_supervised,
-    assistant_tokens_unsupervised,
-    end_of_turn_unsupervised,
-    labels_shifted_by_hand,
-    assistant_tokens_truncated,
-    pad_equals_eos_masks_eos,
-    double_bos,
-    input_ids_differ_from_template,
-    marker_tokenizes_differently_in_context,
-    template_cannot_render_record,
-    special_token_missing_for_template,
-    template_rewrites_history,
-]
+RULES = [no_supervised_tokens, marker_from_missing_special_token, prompt_tokens_supervised,
+         assistant_tokens_unsupervised, end_of_turn_unsupervised, labels_shifted_by_hand,
+         assistant_tokens_truncated, pad_equals_eos_masks_eos, double_bos,
+         input_ids_differ_from_template, marker_tokenizes_differently_in_context,
+         template_cannot_render_record, special_token_missing_for_template,
+         template_rewrites_history]

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..findings import Finding
 from ..inputs.sources import locate
 from ..progress import progress
+from ..rules import Rule, SkipCheck
 from .compare import Comparison, compare_dataset, compare_rows
 from .markers import Marker, SourceHit, instance_markers, none_builders
 from .oracle import Oracle
-from .scan import DataStats, scan
+from .scan import DataStats, Lines, scan
 from .structure import StructureOracle
 from .template import TemplateFacts
 from ..inputs.user_dataset import UserData
@@ -43,6 +45,24 @@ class Analysis:
             return None
         named = self.comparison.locations.get(line) if self.comparison is not None else None
         return named or locate(self.source, self.layout, line)
+
+    def finding(self, rule_: Rule, lines: Lines, message: str, *, fix: str | None = None,
+                severity=None, **evidence) -> Finding:
+        """A finding of `rule_` at the first of `lines`; their count and line numbers lead its
+        evidence, then `evidence`."""
+        return rule_.finding(message, location=self.location(lines.lines[0]),
+                             evidence={"count": lines.count, "lines": lines.lines, **evidence},
+                             fix=fix, severity=severity)
+
+    def needs_comparison(self) -> Comparison:
+        """The user's samples compared with the oracle; a rule that needs them skips without."""
+        if self.comparison is None:
+            raise SkipCheck("needs --dataset (your dataset class or labelling function)")
+        return self.comparison
+
+    def views_for(self, code: str) -> list:
+        """The token views the comparison kept for rule `code` (none without --dataset)."""
+        return list(self.comparison.views.get(code, [])) if self.comparison is not None else []
 
 
 def oracle(ctx) -> Oracle:

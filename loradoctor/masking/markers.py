@@ -40,6 +40,43 @@ class SourceHit:
     snippet: str
 
 
+@dataclass
+class NoneMarker:
+    """A marker built from a special-token attribute that is None for this tokenizer."""
+
+    attribute: str  # the attribute that is None: "bos_token"
+    marker: Marker | None  # the dataset's marker whose text holds the "None" it became
+    hit: SourceHit | None  # the source that formats the attribute into text
+    template_marker: str  # what the chat template writes there ("?" when it is not known)
+
+    def to_evidence(self) -> dict[str, Any]:
+        m, hit = self.marker, self.hit
+        return {"attribute": self.attribute, "marker": m.text if m else None,
+                "marker_attribute": m.attribute if m else None,
+                "source": hit.location if hit else None, "template_marker": self.template_marker}
+
+
+def none_marker(markers: list[Marker], hits: list[SourceHit], missing: list[str],
+                samples_hurt: int, assistant_header: str | None,
+                end_of_turn: str | None) -> NoneMarker | None:
+    """The marker, or the source, that turned a special token that is None (`missing`) into
+    the text `None`, with the template's own marker for it; None when nothing did.
+
+    Token ids that decode to text with "None" in it were made by tokenizing a formatted None;
+    a string holding "None" (or source that formats a None attribute) counts only when
+    samples actually lose their labels (`samples_hurt`). A formatted `eos_token` stood for the
+    end of a turn unless the marker speaks of the assistant."""
+    none_markers = [m for m in markers if missing and "None" in m.text
+                    and (m.ids is not None or samples_hurt)]
+    if not none_markers and not (hits and samples_hurt):
+        return None
+    hit = hits[0] if hits else None
+    attribute = hit.attribute if hit else ("bos_token" if "bos_token" in missing else missing[0])
+    marker = none_markers[0] if none_markers else None
+    end_like = attribute == "eos_token" and not (marker and "assistant" in marker.text)
+    return NoneMarker(attribute, marker, hit, (end_of_turn if end_like else assistant_header) or "?")
+
+
 def instance_markers(instance: Any, tokenizer) -> list[Marker]:
     """Token lists (1..32 ids) and short strings held by the dataset instance."""
     if instance is None:
@@ -66,9 +103,14 @@ def _short_ids(value: Any) -> list[int] | None:
     return None
 
 
+def none_attributes(tokenizer, names: tuple[str, ...] = SPECIAL_ATTRS) -> list[str]:
+    """The special-token attributes among `names` that are None for this tokenizer."""
+    return [a for a in names if getattr(tokenizer, a, "x") is None]
+
+
 def none_builders(obj: Any, instance: Any, tokenizer) -> list[SourceHit]:
     """Places in the user's source that format a special-token attribute that is None here."""
-    missing = {a for a in SPECIAL_ATTRS if getattr(tokenizer, a, "x") is None}
+    missing = set(none_attributes(tokenizer))
     if not missing:
         return []
     hits: list[SourceHit] = []
