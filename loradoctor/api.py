@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from . import distributed
 from .errors import InputError, UnhealthyPipeline
 from .findings import Report
 from .inputs.tokenizer_state import restorer
@@ -175,24 +176,65 @@ def check(**kwargs: Any) -> Report:
         return prepare(**kwargs).execute()
 
 
-def gate(*, quiet: bool = False, verbose: bool = False, **kwargs: Any) -> Report:
+def gate(*, quiet: bool = False, verbose: bool = False, every_rank: bool = False,
+         **kwargs: Any) -> Report:
     """`check()`, the doctor view on stderr, and `UnhealthyPipeline` when an error is found.
 
     One line at the top of a training script stops it before its first step when the pipeline
     would waste the run: `loradoctor.gate(model=model, tokenizer=tokenizer, dataset=train_ds)`.
+    Under several processes (torchrun, accelerate) every rank calls it with its own data: see
+    `check_on_every_rank()`; rank 0 prints, and every rank raises or none does.
     """
     from .model.safety import rng_preserved
 
     with rng_preserved():  # as in check(): loading and printing draw random numbers too
         from .render import concise, console, print_report
-        run = prepare(**kwargs)
-        report = run.execute()
-        if not quiet:
-            print_report(report, title=f"loradoctor gate · {run.title}", verbose=verbose,
+        report, title = check_on_every_rank(every_rank=every_rank, **kwargs)
+        if not quiet and distributed.world().is_main:
+            print_report(report, title=f"loradoctor gate · {title}", verbose=verbose,
                          out=console(stderr=True))
     if not report.ok:
         raise UnhealthyPipeline(report, concise(report))
     return report
+
+
+def check_on_every_rank(*, every_rank: bool = False, **kwargs: Any) -> tuple[Report, str]:
+    """`check()` where each process of a distributed job holds its own data: (Report, title).
+
+    Every rank checks its own data (labels are rank-local); the model, the same on every rank,
+    is checked on rank 0 only (`every_rank=True`: on each). The ranks' reports are joined
+    (`distributed.merged`: each finding names its rank) and every rank returns the same Report,
+    so they all act alike. An input error on any rank is an `InputError` on every rank. With
+    one process this is `prepare(**kwargs).execute()`.
+    """
+    w = distributed.world()
+    share = kwargs if w.is_main or every_rank else _data_share(kwargs)
+    report = error = None
+    title = ""
+    if share is not None:
+        try:
+            run = prepare(**share)
+            report, title = run.execute(), run.title
+        except InputError as exc:
+            if not w.several:
+                raise
+            error = str(exc)
+    parts = distributed.gather((report, error, title))
+    failed = [f"rank {rank}: {err}" for rank, (_, err, _) in enumerate(parts) if err]
+    if failed:
+        raise InputError("; ".join(failed))
+    merged = distributed.merged([(r, e) for r, e, _ in parts],
+                                report.command if report else "check")
+    title = parts[0][2] or next((t for _, _, t in parts if t), "")
+    return merged, (f"{title} · {w.size} ranks" if w.several else title)
+
+
+def _data_share(kwargs: dict) -> dict | None:
+    """What a rank other than 0 checks: its own data (the model only for how labels are
+    read), or nothing."""
+    if all(kwargs.get(k) is None for k in ("data", "dataset", "batches")):
+        return None
+    return {**kwargs, "command": "check-dataset"}
 
 
 # --- building contexts ----------------------------------------------------------------------

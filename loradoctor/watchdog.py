@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from . import registry
+from . import distributed, registry
 from .engine import run_rule
 from .errors import UnhealthyPipeline
 from .findings import CheckResult, Report, Status
@@ -89,26 +89,38 @@ class Watchdog:
     # --- judging -------------------------------------------------------------------------------
 
     def _judge(self) -> list:
-        new = []
+        results = []
         for rule in self.rules:
             if rule.code in self.state.fired:
                 continue
             result = run_rule(rule, self.state)
             if result.findings and result.status is not Status.SKIP:
-                self.state.fired.add(rule.code)
-                self.report.results.append(result)
-                new.extend(result.findings)
-        if not new:
-            return new
+                results.append(result)
+        results = self._agreed(results)
+        for result in results:
+            self.state.fired.add(result.code)
+            self.report.results.append(result)
+        new = [f for r in results for f in r.findings]
         if any(f.severity.value == "error" for f in new):
             if self.on_error == "raise":
                 from .render import concise  # rich: imported only when it prints
-                report = self.report
-                raise UnhealthyPipeline(report, concise(findings_report(new, report.command), title=(
-                    f"loradoctor stopped the run at step {self.state.step}")))
+                raise UnhealthyPipeline(self.report, concise(findings_report(
+                    new, self.report.command), title=(
+                        f"loradoctor stopped the run at step {self.state.step}")))
             if self.on_error == "stop":
                 self.should_stop = True
         return new
+
+    def _agreed(self, results: list) -> list:
+        """Under several processes, what every rank found at this step, on every rank (each
+        finding naming its rank): one all-reduce when no rank found anything."""
+        if not distributed.world().several:
+            return results
+        found = [f for r in results for f in r.findings]
+        if distributed.worst_severity(distributed.level_of(found)) == 0:
+            return []
+        parts = distributed.gather(Report(self.report.command, results))
+        return distributed.merged([(part, None) for part in parts], self.report.command).results
 
 
 def findings_report(findings, command: str = "watch") -> Report:

@@ -6,7 +6,7 @@ The layers, top to bottom (docs/architecture.md says what goes where):
     7  the package facade (`loradoctor/__init__.py`), bench/
     6  front ends: cli, __main__, pytest_plugin, watchdog, integrations/, reference/, ruledocs
     5  api, context, shards: a run's inputs become contexts and rules
-    4  registry, engine, render
+    4  registry, engine, render, distributed
     3  checks/: rules only
     2  measurements, side by side: masking/ (data), model/, strategies
     1  inputs/ (what the user points at) and assets/ (generated fixtures)
@@ -32,6 +32,7 @@ LAYERS = {
     "loradoctor.ruledocs": 6,
     "loradoctor.api": 5, "loradoctor.context": 5, "loradoctor.shards": 5,
     "loradoctor.registry": 4, "loradoctor.engine": 4, "loradoctor.render": 4,
+    "loradoctor.distributed": 4,
     "loradoctor.checks": 3,
     "loradoctor.masking": 2, "loradoctor.model": 2, "loradoctor.strategies": 2,
     "loradoctor.inputs": 1, "loradoctor.assets": 1,

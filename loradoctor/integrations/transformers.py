@@ -18,6 +18,11 @@ training (`control.should_training_stop`) and leaves the findings on `callback.r
 
 Reading the first batches does not change what the trainer then trains on: the RNG states and
 every sampler generator are put back, and the dataloader's iteration is closed.
+
+Under several processes (torchrun, `accelerate launch`) every rank checks its own batches, the
+model is checked on rank 0 only (`every_rank=True`: on each), and the ranks agree on one
+verdict (`loradoctor.distributed`): every rank raises, or every rank stops, at the same step,
+and rank 0 prints the one report, naming the rank whose data failed.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from .. import distributed
 from ..findings import Report
 from ..model.run_state import WatchOptions
 from ..watchdog import ON_ERROR, Watchdog, findings_report
@@ -35,7 +41,7 @@ class LoraDoctorCallback(TrainerCallback):
     """Gate the run at train start; watch the loss and gradients at every step."""
 
     def __init__(self, on_error: str = "raise", batches: int = 2, select=None, ignore=None,
-                 quiet: bool = False, check_model: bool = True,
+                 quiet: bool = False, check_model: bool = True, every_rank: bool = False,
                  options: WatchOptions | None = None, **check_kwargs: Any):
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error={on_error!r}: expected one of {', '.join(ON_ERROR)}")
@@ -44,6 +50,7 @@ class LoraDoctorCallback(TrainerCallback):
         self.select, self.ignore = select, ignore
         self.quiet = quiet
         self.check_model = check_model
+        self.every_rank = every_rank  # several processes: check the model on every rank
         self.options = options
         self.check_kwargs = check_kwargs  # e.g. dtypes=("fp32", "bf16"), train_steps=0
         self.report = Report("trainer")
@@ -68,12 +75,13 @@ class LoraDoctorCallback(TrainerCallback):
         if self.check_model and model is not None:
             inputs["model"] = model
         if "batches" in inputs or "model" in inputs:
-            run = api.prepare(**inputs)
-            gate_report = run.execute()
+            # Every rank checks its own batches; the model is checked on rank 0 (every_rank:
+            # on each); every rank gets the same joined report, so all raise or stop alike.
+            gate_report, title = api.check_on_every_rank(every_rank=self.every_rank, **inputs)
             self.report.results.extend(gate_report.results)
             self.report.summary.update(gate_report.summary)
             if not self.quiet or not gate_report.ok:
-                self._print(gate_report, f"loradoctor · trainer start · {run.title}")
+                self._print(gate_report, f"loradoctor · trainer start · {title}")
             if not gate_report.ok:
                 if self.on_error == "raise":
                     raise UnhealthyPipeline(gate_report, concise(gate_report))
@@ -134,6 +142,9 @@ class LoraDoctorCallback(TrainerCallback):
         return control
 
     def _print(self, report: Report, title: str) -> None:
+        """On stderr, once per job: several processes hold the same report; rank 0 prints."""
+        if not distributed.world().is_main:
+            return
         from ..render import console, print_report
         print_report(report, title=title, out=console(stderr=True))
 

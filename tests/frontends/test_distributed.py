@@ -1,0 +1,95 @@
+"""Several processes: every rank reaches one verdict at the same step, rank 0 prints it.
+
+The jobs run as users run them: `torchrun --nproc_per_node 2`, DDP on gloo, on the CPU
+(`fixtures/distributed/ddp_train.py`), one rank's data broken or one rank's loss made NaN.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from loradoctor import distributed
+from loradoctor.findings import CheckResult, Finding, Report, Severity, Status
+
+from ..conftest import FIXTURES, ROOT
+
+SCRIPT = FIXTURES / "distributed" / "ddp_train.py"
+
+
+def _torchrun(*args, timeout: int = 600) -> tuple[int, str, dict[int, str]]:
+    """Run the script on 2 processes: (exit code, all output, each rank's `RANK r:` line)."""
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "0",
+                           str(SCRIPT), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT)
+    out = proc.stdout + proc.stderr
+    ranks = {int(m.group(1)): m.group(2) for m in re.finditer(r"^RANK (\d): (.*)$", out, re.M)}
+    return proc.returncode, out, ranks
+
+
+@pytest.mark.slow
+def test_one_ranks_broken_data_stops_every_rank_before_any_step(qwen3_tokenizer_dir,
+                                                                 tiny_qwen3_dir):
+    code, out, ranks = _torchrun(qwen3_tokenizer_dir, tiny_qwen3_dir, "trainer", 1)
+    assert code != 0
+    assert ranks == {0: "UnhealthyPipeline ['LD101'] ranks [1] step None",
+                     1: "UnhealthyPipeline ['LD101'] ranks [1] step None"}, out[-3000:]
+    assert "Connection closed by peer" not in out and "trained" not in out
+    # One report, printed once (by rank 0), naming the rank whose rows failed.
+    assert out.count("loradoctor · trainer start") == 1
+    assert "error   LD101 rank 1: batch 0 row 0" in out
+    assert "· 2 ranks" in out
+
+
+@pytest.mark.slow
+def test_a_healthy_job_on_two_ranks_trains_with_no_stop(qwen3_tokenizer_dir, tiny_qwen3_dir):
+    code, out, ranks = _torchrun(qwen3_tokenizer_dir, tiny_qwen3_dir, "trainer", -1)
+    assert code == 0, out[-3000:]
+    assert ranks == {0: "trained 3 steps", 1: "trained 3 steps"}
+
+
+@pytest.mark.slow
+def test_the_watchdog_stops_every_rank_at_the_step_one_rank_went_nan(qwen3_tokenizer_dir,
+                                                                       tiny_qwen3_dir):
+    code, out, ranks = _torchrun(qwen3_tokenizer_dir, tiny_qwen3_dir, "loop", "nan:1:2")
+    assert code != 0
+    assert ranks == {0: "UnhealthyPipeline ['LD420'] ranks None step 2",
+                     1: "UnhealthyPipeline ['LD420'] ranks None step 2"}, out[-3000:]
+    assert "Connection closed by peer" not in out
+
+
+# --- joining the ranks' reports (no processes needed) -------------------------------------
+
+
+def _report(status: Status, summary: str, *findings: Finding) -> Report:
+    return Report("check-dataset", [CheckResult("LD101", "no-supervised-tokens", status,
+                                                list(findings), summary=summary)])
+
+
+def test_joined_reports_name_the_failing_rank_and_keep_one_result_per_rule():
+    bad = Finding("LD101", "no-supervised-tokens", Severity.ERROR, "4 of 4 samples ...",
+                  location="batch 0 row 0")
+    merged = distributed.merged([(_report(Status.PASS, "4 of 4 supervise"), None),
+                                 (_report(Status.FAIL, "0 of 4 supervise", bad), None)],
+                                "check-dataset")
+    (result,) = merged.results
+    assert result.status is Status.FAIL
+    assert result.summary == "rank 1: 0 of 4 supervise (rank 0 passes)"
+    (finding,) = merged.findings
+    assert finding.location == "rank 1: batch 0 row 0"
+    assert finding.message == "rank 1: 4 of 4 samples ..."
+    assert finding.evidence["rank"] == 1
+    assert merged.summary["failed_ranks"] == [1] and not merged.ok
+
+
+def test_one_process_is_left_as_it_is():
+    report = _report(Status.PASS, "4 of 4 supervise")
+    assert distributed.merged([(report, None)], "check-dataset") is report
+    assert distributed.world() == distributed.World(0, 1)
+    assert distributed.gather("x") == ["x"] and distributed.worst_severity(2) == 2
