@@ -67,7 +67,9 @@ class LoraDoctorCallback(TrainerCallback):
         from ..render import concise
 
         tokenizer = _tokenizer_of(processing_class)
-        inputs: dict[str, Any] = dict(select=self.select, ignore=self.ignore, **self.check_kwargs)
+        # The dtypes the run trains in, unless the callback was told which to measure.
+        inputs: dict[str, Any] = {"select": self.select, "ignore": self.ignore,
+                                  "dtypes": run_dtypes(args), **self.check_kwargs}
         if tokenizer is not None and getattr(tokenizer, "chat_template", None) \
                 and train_dataloader is not None and self.n_batches > 0:
             inputs.update(tokenizer=tokenizer, batches=first_batches(train_dataloader,
@@ -147,6 +149,14 @@ class LoraDoctorCallback(TrainerCallback):
             return
         from ..render import console, print_report
         print_report(report, title=title, out=console(stderr=True))
+
+
+def run_dtypes(args) -> tuple[str, ...]:
+    """The dtypes this run trains in, from its TrainingArguments: fp32 (the reference every
+    other dtype is compared with), and bf16 or fp16 when mixed precision is on. The gate
+    measures those, not all three."""
+    return ("fp32", *(["bf16"] if getattr(args, "bf16", False) else []),
+            *(["fp16"] if getattr(args, "fp16", False) else []))
 
 
 def _tokenizer_of(processing_class):

@@ -191,3 +191,24 @@ def test_a_healthy_sft_trainer_trains_with_the_callback_and_no_false_stop(
     assert callback.report.ok, [f.message for f in callback.report.errors]
     checked = {r.code: r for r in callback.report.results}
     assert checked["LD101"].status.value == "pass"
+
+
+def test_the_gate_measures_the_dtypes_the_run_trains_in(tmp_path):
+    from loradoctor.integrations.transformers import run_dtypes
+    assert run_dtypes(_args(tmp_path, 1)) == ("fp32",)
+    assert run_dtypes(_args(tmp_path, 1, bf16=True)) == ("fp32", "bf16")
+
+
+def test_an_fp32_run_is_not_measured_in_fp16_or_bf16(tmp_path, qwen3_tokenizer, tiny_qwen3_dir):
+    from transformers import Trainer
+
+    from loradoctor.integrations.transformers import LoraDoctorCallback
+    tok = qwen3_tokenizer
+    rows = [_encode(tok, r["conversations"]) for r in _records()]
+    callback = LoraDoctorCallback(quiet=True)
+    trainer = Trainer(model=_peft_model(tiny_qwen3_dir), args=_args(tmp_path, 1),
+                      train_dataset=rows, data_collator=_collator(tok), processing_class=tok,
+                      callbacks=[callback])
+    trainer.train()
+    assert set(callback.report.summary["numerics"]["dtypes"]) == {"fp32"}
+    assert callback.report.ok, [f.message for f in callback.report.errors]
