@@ -10,9 +10,10 @@ file, and measures in one run, with the real Qwen3 tokenizer:
       every dataset rule selected, for each `--workers` value;
 
 and prints the time ratio b/a (target <= 1.5) and the throughput (best of `--repeat`
-interleaved runs, so that load from other processes on a shared machine hurts both sides). Then it measures peak
-memory of the engine run at N and 2N records, as the peak of Python allocations (tracemalloc)
-and as the peak RSS of a fresh process, to show memory is flat in the number of records.
+interleaved runs, so that load from other processes on a shared machine hurts both sides).
+Then it measures peak memory of the engine run at N and 2N records, as the peak of Python
+allocations (tracemalloc) and as the peak RSS of a fresh process, to show memory is flat in
+the number of records.
 
     .venv/bin/python bench/bench_check_dataset.py [--records 20000] [--workers 1,2]
 

@@ -249,7 +249,7 @@ def merge_partials(parts: list[dict]):
     """The whole run's Report from its shards' partial reports, and a title for it."""
     from . import engine, registry
     from .masking.analysis import summary as masking_summary
-    from .checks.records import records_summary
+    from .masking.record_scan import merge_scans, records_summary
 
     parts = _checked(parts)
     first = parts[0]
@@ -263,7 +263,7 @@ def merge_partials(parts: list[dict]):
     recomputed: dict[str, Any] = {}
     scans = [x["record_scan"] for x in m if "record_scan" in x]
     if scans:
-        scan = _merged_scan(scans)
+        scan = merge_scans(scans)
         _check_readable(scan)
         ctx.memo("record_scan", lambda: scan)
         recomputed.update(records_summary(scan))
@@ -357,23 +357,9 @@ def _merged_analysis(m: list[dict]):
     return dataclasses.replace(head, stats=total.stats, comparison=total.comparison)
 
 
-def _merged_scan(scans: list[dict]) -> dict:
-    from .checks.records import MAX_KEPT
-
-    out = {"good": 0, "bad": [], "n_bad": 0, "n_unparsed": 0, "shapes": {}}
-    for s in scans:
-        out["good"] += s["good"]
-        out["n_bad"] += s["n_bad"]
-        out["n_unparsed"] += s["n_unparsed"]
-        out["bad"].extend(s["bad"][:MAX_KEPT - len(out["bad"])])
-        for shape, k in s["shapes"].items():
-            out["shapes"][shape] = out["shapes"].get(shape, 0) + k
-    return out
-
-
 def _check_readable(scan: dict) -> None:
     """As one run would: a file with no valid JSON line, or no readable record, is exit 2."""
-    from .checks.records import check_readable
+    from .masking.record_scan import check_readable
 
     bad = scan["bad"]
     if scan["good"] == 0 and bad and scan["n_unparsed"] == scan["n_bad"]:

@@ -1,8 +1,8 @@
 """LD115, and `--fuzz` failures reported under the masking rule each one breaks.
 
 `check-dataset --fuzz N` feeds N generated conversations to the user's dataset code after the
-file's own records (`masking.fuzz_search`). A conversation the code labels wrongly is a finding of the
-rule it breaks (LD101-LD111): `with_fuzz()` gives each masking rule its share of the fuzz
+file's own records (`masking.fuzz_search`). A conversation the code labels wrongly is a finding of
+the rule it breaks (LD101-LD111): `with_fuzz()` gives each masking rule its share of the fuzz
 failures, with the shrunk conversation as a ready-to-paste JSON Lines record and a token view.
 A conversation that makes the code raise is LD115's, whose summary line also says what the fuzz
 pass did.

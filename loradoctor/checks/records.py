@@ -2,53 +2,17 @@
 
 One broken line or bad record among many is a finding (with its `file:line`) and the rest of
 the file is still checked; a file in which no record is a conversation is an input error
-(exit 2). The first `MAX_KEPT` bad lines are kept with their numbers, all of them counted, so
-a file of millions of lines costs bounded memory however broken it is.
+(exit 2). The count is `masking.record_scan`'s: the first `MAX_KEPT` bad lines kept with their
+numbers, all of them counted.
 """
 
 from __future__ import annotations
 
-from ..errors import InputError
 from ..findings import Severity
+from ..masking.record_scan import scan_records
 from ..rules import Outcome, rule
 
 MAX_LISTED = 10   # bad records reported one by one; the rest are counted in one finding
-MAX_KEPT = 1000   # bad records kept with their line numbers; every one is counted
-
-
-def scan_records(ctx) -> dict:
-    """Count good and bad records in one streaming pass (memoised on the context)."""
-    def compute():
-        good, n_bad, n_unparsed, bad, shapes = 0, 0, 0, [], {}
-        for rec in ctx.records():
-            if rec.messages is None:
-                n_bad += 1
-                n_unparsed += rec.unparsed
-                if len(bad) < MAX_KEPT:
-                    bad.append(rec)
-            else:
-                good += 1
-                shapes[rec.shape] = shapes.get(rec.shape, 0) + 1
-        scan = {"good": good, "bad": bad, "n_bad": n_bad, "n_unparsed": n_unparsed,
-                "shapes": shapes}
-        if getattr(ctx, "shard", None) is None:  # a shard's records are judged by `merge`
-            check_readable(scan)
-        ctx.summary.update(records_summary(scan))
-        return scan
-    return ctx.memo("record_scan", compute)
-
-
-def check_readable(scan: dict) -> None:
-    """A file in which no record is a readable conversation is an input error (exit 2)."""
-    bad = scan["bad"]
-    if scan["good"] == 0 and bad:
-        raise InputError(f"{bad[0].location}: {bad[0].problem} (and no record in the file "
-                         f"is a readable conversation)")
-
-
-def records_summary(scan: dict) -> dict:
-    return {"records": scan["good"] + scan["n_bad"], "records_readable": scan["good"],
-            "records_unparseable": scan["n_unparsed"], "record_shapes": scan["shapes"]}
 
 
 @rule("LD100", "unreadable-record", command="dataset", severity=Severity.ERROR)

@@ -172,7 +172,8 @@ class Comparer:
 
     def add(self, line: int, location: str, item: Item,
             sample: OracleSample | Truth | None = None) -> None:
-        """Compare one sample: with `sample` (the record's rendering) or, without, its own tokens."""
+        """Compare one sample: with `sample` (the record's rendering), or without it against its
+        own tokens."""
         res = self.result
         res.samples += 1
         item = self._read_masks(line, item)

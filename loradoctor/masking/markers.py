@@ -74,7 +74,8 @@ def none_marker(markers: list[Marker], hits: list[SourceHit], missing: list[str]
     attribute = hit.attribute if hit else ("bos_token" if "bos_token" in missing else missing[0])
     marker = none_markers[0] if none_markers else None
     end_like = attribute == "eos_token" and not (marker and "assistant" in marker.text)
-    return NoneMarker(attribute, marker, hit, (end_of_turn if end_like else assistant_header) or "?")
+    template_marker = (end_of_turn if end_like else assistant_header) or "?"
+    return NoneMarker(attribute, marker, hit, template_marker)
 
 
 def instance_markers(instance: Any, tokenizer) -> list[Marker]:

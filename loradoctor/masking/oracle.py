@@ -275,7 +275,7 @@ def _turn_bounds(text: str, messages: list[dict], i: int, renderer: Renderer):
 
 
 def apply_generation(truth: Truth, spans: list[tuple[int, int]], facts: TemplateFacts) -> None:
-    """Make the template's `{% generation %}` blocks the truth, and cross-check the located turns."""
+    """Make the template's `{% generation %}` blocks the truth; cross-check the located turns."""
     eot = facts.end_of_turn
     text = truth.text
     gen_turns = []

@@ -161,7 +161,7 @@ def process(oracle: Oracle, batch: list[tuple[int, list[dict]]],
 
 
 def chunks(records: Iterable, size: int | None = None) -> Iterator[list[tuple[int, list[dict]]]]:
-    """Readable conversations as `(line, messages)` lists of `size` (unreadable ones are LD100's)."""
+    """Readable conversations as `(line, messages)` lists of `size` (unreadable ones: LD100)."""
     size = size or CHUNK
     batch = []
     for rec in records:
