@@ -157,9 +157,11 @@ def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, datas
             parts.append(Part(cmd, ctx, rules))  # before validating: close() cleans it up
             titles.append(title)
             ctx.validate_inputs()
-            if cmd == "check-model":
-                from .model import offload as offload_, static as static_
-                parts[-1].rules = static_.rules_for(ctx, offload_.rules_for(ctx, parts[-1].rules))
+            if cmd == "check-model":  # static mode and offloaded weights each skip some rules
+                from .model.offload import fall_back_to_static
+                fall_back_to_static(ctx, registry.static_codes())
+                parts[-1].rules = registry.applicable(parts[-1].rules, static=ctx.static,
+                                                      offload=ctx.offload is not None)
     except BaseException:
         Run(parts, "", keep).close()  # put back what the parts built so far borrowed
         raise

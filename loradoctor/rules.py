@@ -53,6 +53,11 @@ class Rule:
     command: str  # "dataset" | "model"
     severity: Severity  # the severity its findings usually carry
     check: Callable[[Any], Outcome]
+    # Where it can run: False when it reads the module tree, shapes and the user's code alone,
+    # so it runs on a model built on the meta device (static mode) too.
+    needs_values: bool = True
+    # False when it cannot work on weights accelerate offloaded (device_map="auto").
+    runs_offloaded: bool = True
 
     @property
     def family(self) -> str:
@@ -74,12 +79,13 @@ class Rule:
                        evidence or {}, fix)
 
 
-def rule(code: str, name: str, *, command: str, severity: Severity = Severity.ERROR):
+def rule(code: str, name: str, *, command: str, severity: Severity = Severity.ERROR,
+         needs_values: bool = True, runs_offloaded: bool = True):
     """Make a function into a `Rule`. Registration is explicit, in `registry.py`."""
 
     def wrap(fn: Callable[[Any], Outcome]) -> Rule:
         if not fn.__doc__:
             raise TypeError(f"rule {code} needs a docstring: it is the rule's documentation")
-        return Rule(code, name, command, severity, fn)
+        return Rule(code, name, command, severity, fn, needs_values, runs_offloaded)
 
     return wrap

@@ -61,7 +61,7 @@ def _package_dir(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _build_atomically(target: Path, build) -> Path:
+def build_atomically(target: Path, build) -> Path:
     """Build into a temporary sibling, then rename, so an interrupted build leaves nothing half-made."""
     if (target / ".complete").exists():
         return target
@@ -81,7 +81,7 @@ def _build_atomically(target: Path, build) -> Path:
 
 def qwen3_tokenizer_dir() -> Path:
     """The real Qwen3 tokenizer: real BPE ranks, real template, bos_token null."""
-    return _build_atomically(cache_dir() / "qwen3-tokenizer", _write_qwen3_tokenizer)
+    return build_atomically(cache_dir() / "qwen3-tokenizer", _write_qwen3_tokenizer)
 
 
 def _write_qwen3_tokenizer(out: Path) -> None:
@@ -121,7 +121,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def smollm2_dir() -> Path:
     """The real SmolLM2-135M-Instruct, dequantized once from its packaged GGUF to fp32 safetensors."""
-    return _build_atomically(cache_dir() / "smollm2-135m-instruct", _write_smollm2)
+    return build_atomically(cache_dir() / "smollm2-135m-instruct", _write_smollm2)
 
 
 def _write_smollm2(out: Path) -> None:
@@ -146,7 +146,7 @@ def tiny_qwen3_dir() -> Path:
     The 151,669-row embedding dominates its size, so the weights are stored in bf16 (about
     10 MB); loaders choose the compute dtype.
     """
-    return _build_atomically(cache_dir() / "tiny-qwen3", _write_tiny_qwen3)
+    return build_atomically(cache_dir() / "tiny-qwen3", _write_tiny_qwen3)
 
 
 def _write_tiny_qwen3(out: Path) -> None:
@@ -164,7 +164,7 @@ def _write_tiny_qwen3(out: Path) -> None:
 
 def tiny_llama_dir() -> Path:
     """A tiny seeded Llama (2 layers, hidden 64, vocab 512), no tokenizer: the random-probe case."""
-    return _build_atomically(cache_dir() / "tiny-llama", _write_tiny_llama)
+    return build_atomically(cache_dir() / "tiny-llama", _write_tiny_llama)
 
 
 def _write_tiny_llama(out: Path) -> None:

@@ -60,7 +60,9 @@ def not_identity_start(ctx) -> Outcome:
     nn.init.zeros_(self.B.weight)                # B zero: identity start
     ```
     """
-    from ..model.measurements import adapted_forward, adapters_or_skip, model_dtype, module_probe
+    from ..model.identity import adapted_forward
+    from ..model.layer_probe import module_probe
+    from ..model.shared import adapters_or_skip, model_dtype
     adapters_or_skip(ctx)
     fw = adapted_forward(ctx)
     if fw.error:
@@ -128,7 +130,7 @@ def dead_adapter(ctx) -> Outcome:
     nn.init.zeros_(self.B.weight)
     ```
     """
-    from ..model.measurements import adapters_or_skip
+    from ..model.shared import adapters_or_skip
     adapters = adapters_or_skip(ctx)
     both = [a for a in adapters if _is_zero(a.A) and _is_zero(a.B)]
     a_only = [a for a in adapters if _is_zero(a.A) and not _is_zero(a.B)]
@@ -183,7 +185,8 @@ def lora_b_not_zero(ctx) -> Outcome:
     nn.init.zeros_(self.B.weight)
     ```
     """
-    from ..model.measurements import adapted_forward, adapters_or_skip
+    from ..model.identity import adapted_forward
+    from ..model.shared import adapters_or_skip
     adapters = adapters_or_skip(ctx)
     nonzero = [a for a in adapters if not _is_zero(a.B)]
     if not nonzero:
@@ -244,7 +247,8 @@ def no_gradient_flow(ctx) -> Outcome:
     model.enable_input_require_grads()                      # with gradient checkpointing
     ```
     """
-    from ..model.measurements import adapters_or_skip, gradients
+    from ..model.gradients import gradients
+    from ..model.shared import adapters_or_skip
     adapters = adapters_or_skip(ctx)
     gr = gradients(ctx)
     if gr.error:
@@ -324,7 +328,8 @@ def no_gradient_flow(ctx) -> Outcome:
     return Outcome(findings, summary=summary)
 
 
-@rule("LD405", "unusual-lora-scaling", command="model", severity=Severity.WARNING)
+@rule("LD405", "unusual-lora-scaling", command="model", severity=Severity.WARNING,
+      needs_values=False)
 def unusual_lora_scaling(ctx) -> Outcome:
     """The adapter scaling (alpha / r) is zero, negative, far from usual, or not what is applied.
 
@@ -357,7 +362,8 @@ def unusual_lora_scaling(ctx) -> Outcome:
     self.scaling = alpha / rank           # 0.5
     ```
     """
-    from ..model.measurements import adapters_or_skip, module_probe
+    from ..model.layer_probe import module_probe
+    from ..model.shared import adapters_or_skip
     adapters = adapters_or_skip(ctx)
     measured = {id(v.adapter): v.measured_scaling for v in module_probe(ctx).verdicts
                 if v.status == "ok" and v.measured_scaling is not None}
@@ -447,7 +453,8 @@ def no_training_signal(ctx) -> Outcome:
 
     from ..model.convention import call
     from ..model.convention import loss as loss_of
-    from ..model.measurements import adapters_or_skip, discovery, module_probe
+    from ..model.layer_probe import module_probe
+    from ..model.shared import adapters_or_skip, discovery
     from ..model.safety import preserved
     from ..model.training import TRAIN_LR, train
     steps = ctx.train_steps

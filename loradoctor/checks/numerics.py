@@ -115,7 +115,8 @@ def _bf16_clean(m: Measurement, opts: NumericsOptions) -> tuple[bool | None, str
 # --- LD300 -----------------------------------------------------------------------------------
 
 
-@rule("LD300", "numerics-verdict", command="model", severity=Severity.INFO)
+@rule("LD300", "numerics-verdict", command="model", severity=Severity.INFO,
+      runs_offloaded=False)
 def numerics_verdict(ctx) -> Outcome:
     """Which of fp32 / bf16 / fp16 this model and batch can train in, measured on one batch.
 
@@ -190,7 +191,8 @@ def numerics_verdict(ctx) -> Outcome:
 # --- LD301 -----------------------------------------------------------------------------------
 
 
-@rule("LD301", "fp16-overflow", command="model", severity=Severity.ERROR)
+@rule("LD301", "fp16-overflow", command="model", severity=Severity.ERROR,
+      runs_offloaded=False)
 def fp16_overflow(ctx) -> Outcome:
     """A module's output is inf or nan in fp16 where fp32 is finite: fp16 training produces NaN.
 
@@ -268,7 +270,8 @@ def fp16_overflow(ctx) -> Outcome:
 # --- LD302 -----------------------------------------------------------------------------------
 
 
-@rule("LD302", "fp16-low-headroom", command="model", severity=Severity.WARNING)
+@rule("LD302", "fp16-low-headroom", command="model", severity=Severity.WARNING,
+      runs_offloaded=False)
 def fp16_low_headroom(ctx) -> Outcome:
     """The largest fp32 activations are within a small factor of fp16's limit (65,504).
 
@@ -334,7 +337,8 @@ def fp16_low_headroom(ctx) -> Outcome:
 # --- LD303 -----------------------------------------------------------------------------------
 
 
-@rule("LD303", "bf16-divergence", command="model", severity=Severity.WARNING)
+@rule("LD303", "bf16-divergence", command="model", severity=Severity.WARNING,
+      runs_offloaded=False)
 def bf16_divergence(ctx) -> Outcome:
     """bf16 computes a different loss, logits or gradient direction than fp32 on the same batch.
 
@@ -403,7 +407,8 @@ def bf16_divergence(ctx) -> Outcome:
 # --- LD304 -----------------------------------------------------------------------------------
 
 
-@rule("LD304", "fp16-gradient-out-of-range", command="model", severity=Severity.WARNING)
+@rule("LD304", "fp16-gradient-out-of-range", command="model", severity=Severity.WARNING,
+      runs_offloaded=False)
 def fp16_gradient_out_of_range(ctx) -> Outcome:
     """fp16 gradients overflow to inf, or underflow to zero without loss scaling.
 
@@ -519,7 +524,7 @@ def _lost_by_side(ctx, m: Measurement, scale: float) -> tuple[dict, set] | None:
     `below_scaled` (fp32 values a GradScaler at `scale` would still leave below fp16's range),
     over the same sampled gradient values as the totals; with the adapters' tensor names.
     """
-    from ..model.measurements import discovery
+    from ..model.shared import discovery
     disc = discovery(ctx)
     if not disc.adapters:
         return None
@@ -581,7 +586,8 @@ def _lost_with_base_trainable(sides: dict, adapter_names: set, p16: DtypePass, s
 # --- LD305 -----------------------------------------------------------------------------------
 
 
-@rule("LD305", "fp16-trainable-parameters", command="model", severity=Severity.ERROR)
+@rule("LD305", "fp16-trainable-parameters", command="model", severity=Severity.ERROR,
+      runs_offloaded=False)
 def fp16_trainable_parameters(ctx) -> Outcome:
     """Trainable parameters are stored in fp16, with no fp32 master copy for the optimizer.
 

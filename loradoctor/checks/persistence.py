@@ -26,7 +26,8 @@ def _skip_if_broken(ps) -> None:
         raise SkipCheck(f"the adapted model's forward raises {ps.error} (see LD201/LD401)")
 
 
-@rule("LD501", "adapter-round-trip-mismatch", command="model", severity=Severity.ERROR)
+@rule("LD501", "adapter-round-trip-mismatch", command="model", severity=Severity.ERROR,
+      runs_offloaded=False)
 def adapter_round_trip_mismatch(ctx) -> Outcome:
     """Saving the adapters and loading them into a fresh copy does not give the same model.
 
@@ -65,8 +66,9 @@ def adapter_round_trip_mismatch(ctx) -> Outcome:
     missing = set(state) - set(load_file(path)); assert not missing
     ```
     """
-    from ..model.measurements import (adapters_or_skip, persistence, torch_version,
-                                      unsafe_torch_loads, weights_only_by_default)
+    from ..model.round_trip import persistence
+    from ..model.shared import adapters_or_skip
+    from ..model.torch_load import torch_version, unsafe_torch_loads, weights_only_by_default
     adapters = adapters_or_skip(ctx)
     findings = []
     safe_default = weights_only_by_default()
@@ -166,7 +168,8 @@ def adapter_round_trip_mismatch(ctx) -> Outcome:
     return Outcome(findings, summary=summary)
 
 
-@rule("LD502", "merge-not-equivalent", command="model", severity=Severity.ERROR)
+@rule("LD502", "merge-not-equivalent", command="model", severity=Severity.ERROR,
+      runs_offloaded=False)
 def merge_not_equivalent(ctx) -> Outcome:
     """Merging `W + scaling * B @ A` into the base weights does not reproduce the adapted model.
 
@@ -193,7 +196,9 @@ def merge_not_equivalent(ctx) -> Outcome:
     self.B = nn.Linear(rank, out_features, bias=False)
     ```
     """
-    from ..model.measurements import adapters_or_skip, module_probe, persistence
+    from ..model.layer_probe import module_probe
+    from ..model.round_trip import persistence
+    from ..model.shared import adapters_or_skip
     adapters_or_skip(ctx, linear_only=True)
     ps = persistence(ctx)
     _skip_if_broken(ps)

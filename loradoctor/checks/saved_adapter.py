@@ -67,7 +67,9 @@ def adapter_keys_match_no_module(ctx) -> Outcome:
     model.module.save_pretrained("out")   # the unwrapped model (or strip "module." first)
     ```
     """
-    from ..model.saved_adapter import artifact, effect, key_fix, keys
+    from ..model.saved_adapter.effect import effect, keys
+    from ..model.saved_adapter.files import artifact
+    from ..model.saved_adapter.key_match import key_fix
     art, eff = artifact(ctx), effect(ctx)
     km = keys(ctx)
     findings = []
@@ -138,7 +140,8 @@ def adapter_factor_all_zero(ctx) -> Outcome:
     model.save_pretrained("out")
     ```
     """
-    from ..model.saved_adapter import artifact, saved_pairs
+    from ..model.saved_adapter.factors import saved_pairs
+    from ..model.saved_adapter.files import artifact
     art = artifact(ctx)
     pairs = [p for p in saved_pairs(art.tensors) if p.A is not None and p.B is not None]
     if not pairs:
@@ -198,7 +201,8 @@ def adapter_tensor_not_finite(ctx) -> Outcome:
     """
     import torch
 
-    from ..model.saved_adapter import artifact, canonical_module
+    from ..model.saved_adapter.factors import canonical_module
+    from ..model.saved_adapter.files import artifact
     art = artifact(ctx)
     bad = []
     for key, t in art.tensors.items():
@@ -250,7 +254,9 @@ def adapter_disagrees_with_config(ctx) -> Outcome:
     model.save_pretrained("out")   # writes the config and the tensors of the same adapter
     ```
     """
-    from ..model.saved_adapter import artifact, config_problems, effect, keys
+    from ..model.saved_adapter.config_check import config_problems
+    from ..model.saved_adapter.effect import effect, keys
+    from ..model.saved_adapter.files import artifact
     from ..model.peft_targets import check_configs
     art, eff = artifact(ctx), effect(ctx)
     findings = []
@@ -307,7 +313,7 @@ def adapter_disagrees_with_config(ctx) -> Outcome:
 
 
 def _pairs(art):
-    from ..model.saved_adapter import saved_pairs
+    from ..model.saved_adapter.factors import saved_pairs
     return [p for p in saved_pairs(art.tensors) if p.A is not None and p.B is not None]
 
 
@@ -339,7 +345,7 @@ def adapter_update_outlier(ctx) -> Outcome:
     LoraConfig(r=8, lora_alpha=16)   # scaling 2; lower the learning rate if one layer runs away
     ```
     """
-    from ..model.saved_adapter import effect
+    from ..model.saved_adapter.effect import effect
     eff = effect(ctx)
     ups = [u for u in eff.updates if math.isfinite(u.relative)]
     if not ups:
@@ -416,7 +422,8 @@ def adapter_has_no_effect(ctx) -> Outcome:
     loradoctor check-adapter out --model BASE    # before shipping the folder
     ```
     """
-    from ..model.saved_adapter import artifact, effect
+    from ..model.saved_adapter.effect import effect
+    from ..model.saved_adapter.files import artifact
     art, eff = artifact(ctx), effect(ctx)
     limit = eff.identity_rtol * max(1.0, eff.base_max_abs)
     if eff.load_error is not None:
@@ -481,7 +488,7 @@ def merged_adapter_differs(ctx) -> Outcome:
     # keep the adapter a plain scaling * B(A(x)) and its config the one it was trained with
     ```
     """
-    from ..model.saved_adapter import effect
+    from ..model.saved_adapter.effect import effect
     eff = effect(ctx)
     if eff.merge_error is not None:
         return Outcome([merged_adapter_differs.finding(

@@ -24,7 +24,7 @@ BIND_FIX = ("bind the loop values when you patch: def forward(x, original_forwar
 
 
 def _shape(width: int) -> str:
-    from ..model.measurements import PROBE_SHAPE
+    from ..model.layer_probe import PROBE_SHAPE
     return f"({', '.join(map(str, (*PROBE_SHAPE, width)))})"
 
 
@@ -86,7 +86,8 @@ def _target(v) -> tuple[str | None, str | None]:
     return fwd, adp
 
 
-@rule("LD201", "closure-aliased-forward", command="model", severity=Severity.ERROR)
+@rule("LD201", "closure-aliased-forward", command="model", severity=Severity.ERROR,
+      needs_values=False)
 def closure_aliased_forward(ctx) -> Outcome:
     """A patched layer computes with another layer's weights or adapter (late-bound closure).
 
@@ -130,7 +131,9 @@ def closure_aliased_forward(ctx) -> Outcome:
     ```
     or a factory function, `functools.partial(fn, module.forward, lora)`, or a wrapper module.
     """
-    from ..model.measurements import adapted_forward, adapters_or_skip, module_probe
+    from ..model.identity import adapted_forward
+    from ..model.layer_probe import module_probe
+    from ..model.shared import adapters_or_skip
     adapters_or_skip(ctx, linear_only=True)
     verdicts = module_probe(ctx).verdicts
     bad = [v for v in verdicts if v.aliased or v.status == "crash"]
@@ -211,7 +214,8 @@ def _rank(sev: Severity) -> int:
     return {Severity.INFO: 0, Severity.WARNING: 1, Severity.ERROR: 2}[sev]
 
 
-@rule("LD202", "forward-patched-on-class", command="model", severity=Severity.ERROR)
+@rule("LD202", "forward-patched-on-class", command="model", severity=Severity.ERROR,
+      needs_values=False)
 def forward_patched_on_class(ctx) -> Outcome:
     """A layer class's `forward` was replaced, so every instance of the class runs the patch.
 
@@ -236,7 +240,7 @@ def forward_patched_on_class(ctx) -> Outcome:
     ```
     or replace the layer with a wrapper module.
     """
-    from ..model.measurements import adapters_or_skip, discovery
+    from ..model.shared import adapters_or_skip, discovery
     disc = discovery(ctx)
     if not disc.adapters and not disc.class_patched:
         adapters_or_skip(ctx)
@@ -269,7 +273,8 @@ def forward_patched_on_class(ctx) -> Outcome:
     return Outcome(findings, summary=summary)
 
 
-@rule("LD203", "module-patched-twice", command="model", severity=Severity.ERROR)
+@rule("LD203", "module-patched-twice", command="model", severity=Severity.ERROR,
+      needs_values=False)
 def module_patched_twice(ctx) -> Outcome:
     """A layer is patched twice (two adapters stacked) or its patched forward calls itself.
 
@@ -300,7 +305,8 @@ def module_patched_twice(ctx) -> Outcome:
         return original_forward(x) + lora(x)    # the forward as it was before the patch
     ```
     """
-    from ..model.measurements import adapters_or_skip, module_probe
+    from ..model.layer_probe import module_probe
+    from ..model.shared import adapters_or_skip
     adapters = adapters_or_skip(ctx)
     verdicts = {id(v.adapter): v for v in module_probe(ctx).verdicts}
     findings = []
@@ -348,7 +354,8 @@ def module_patched_twice(ctx) -> Outcome:
     return Outcome(shown, summary=summary)
 
 
-@rule("LD204", "adapter-never-called", command="model", severity=Severity.ERROR)
+@rule("LD204", "adapter-never-called", command="model", severity=Severity.ERROR,
+      needs_values=False)
 def adapter_never_called(ctx) -> Outcome:
     """An adapter is attached to a layer but the layer's forward never calls it.
 
@@ -375,7 +382,8 @@ def adapter_never_called(ctx) -> Outcome:
     module.forward = lambda x, f=module.forward, lora=lora: f(x) + lora(x)
     ```
     """
-    from ..model.measurements import adapters_or_skip, module_probe
+    from ..model.layer_probe import module_probe
+    from ..model.shared import adapters_or_skip
     adapters_or_skip(ctx, linear_only=True)
     verdicts = module_probe(ctx).verdicts
     dead = [v for v in verdicts if v.status == "no-delta"
@@ -437,7 +445,8 @@ def peft_config_check(ctx):
     return result
 
 
-@rule("LD205", "peft-target-matches-nothing", command="model", severity=Severity.ERROR)
+@rule("LD205", "peft-target-matches-nothing", command="model", severity=Severity.ERROR,
+      needs_values=False)
 def peft_target_matches_nothing(ctx) -> Outcome:
     """An entry of the PEFT config (`target_modules`, `modules_to_save`, a layer) matches nothing.
 
@@ -508,7 +517,8 @@ def peft_target_matches_nothing(ctx) -> Outcome:
     return Outcome(findings, summary=summary)
 
 
-@rule("LD210", "uneven-adapter-coverage", command="model", severity=Severity.WARNING)
+@rule("LD210", "uneven-adapter-coverage", command="model", severity=Severity.WARNING,
+      needs_values=False)
 def uneven_adapter_coverage(ctx) -> Outcome:
     """Adapters cover the layers unevenly, the output head or embeddings, or the base is not frozen.
 
@@ -544,9 +554,9 @@ def uneven_adapter_coverage(ctx) -> Outcome:
     for p in model.parameters(): p.requires_grad = False         # then add the adapters
     ```
     """
-    from ..model.adapters import KIND_ORDER, kind_of, layer_of
+    from ..model.layer_names import KIND_ORDER, kind_of, layer_of
     from ..model.freeze import frozen_by_us
-    from ..model.measurements import discovery
+    from ..model.shared import discovery
     disc = discovery(ctx)
     model = ctx.adapted
     if not disc.adapters:
@@ -662,7 +672,7 @@ def _coverage_table(cells, kinds, layers) -> Table:
 
 
 def _ranges(values: list[int]) -> str:
-    from ..model.adapters import layer_ranges  # imports torch: only when a finding needs it
+    from ..model.layer_names import layer_ranges
     return layer_ranges(values)
 
 

@@ -18,7 +18,7 @@ class AdapterContext(ModelSource):
     `adapter_dir` is a PEFT folder (`adapter_config.json` and its weights), or with
     `apply_spec` a file the user's own save function wrote (their apply function builds the
     adapters, the load function beside it loads the file). The measurements live in
-    `model/saved_adapter.py`; nothing is written into the adapter folder.
+    `model/saved_adapter/`; nothing is written into the adapter folder.
     """
 
     adapter_dir: Path
@@ -39,7 +39,7 @@ class AdapterContext(ModelSource):
             if not (Path(self.model_dir) / "config.json").exists():
                 raise InputError(f"model {self.model_dir}: no config.json, not a Hugging Face "
                                  f"model directory")
-        from ..model.saved_adapter import artifact
+        from ..model.saved_adapter.files import artifact
         _ = artifact(self)
 
     @property

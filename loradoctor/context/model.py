@@ -105,16 +105,17 @@ class ModelContext(ModelSource):
 
     def _decide_static(self) -> None:
         """Static mode when asked for, or when the directory's weights cannot be loaded here."""
-        from ..model import static
+        from .. import registry
+        from ..model.placement import static_reason
         why = None if self.static or self.offload is not None else \
-            static.static_reason(self.model_dir, self.device)
+            static_reason(self.model_dir, self.device)
         if why is not None:
             self.static, self.static_why = True, why
         elif self.static and self.static_why is None:
             self.static_why = "--static"
         if self.static:
             self.summary["static_mode"] = {"reason": self.static_why,
-                                           "rules": list(static.STATIC_RULES)}
+                                           "rules": registry.static_codes()}
 
     def _no_values(self, what: str) -> None:
         if self.static:

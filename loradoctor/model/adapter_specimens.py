@@ -115,5 +115,5 @@ def specimens(model_dir: Path | None = None) -> dict[str, Path]:
     """name -> folder, built on first use into the cache."""
     from .. import assets
     model_dir = model_dir or assets.tiny_qwen3_dir()
-    folder = assets._build_atomically(root(), lambda out: build(out, model_dir))
+    folder = assets.build_atomically(root(), lambda out: build(out, model_dir))
     return {name: folder / name for name in NAMES}

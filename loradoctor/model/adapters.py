@@ -14,15 +14,12 @@ Four shapes are recognised, in this order:
 The pair is recognised by shapes: `A` is `(r, in)` and `B` is `(out, r)` for the linear's
 `(out, in)` weight (or both transposed, `(in, r)` / `(r, out)`, for `x @ A @ B` code), with
 `r <= min(in, out)`; names (`A`/`down` for the input side) only break the tie of a square
-layer. The static analysis of patched forwards (closure cells, defaults, partial arguments,
-bound methods) lives here too, because discovery and the wiring rules both read it.
+layer. What a patched forward holds (closure cells, defaults, partial arguments, bound
+methods) is read by `references.py`; how layers are named, by `layer_names.py`.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
-import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -30,29 +27,15 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from .layer_names import canonical, kind_of, layer_of
+from .references import class_patched, forward_refs
+
 # Child names under which a wrapper module commonly keeps the layer it replaced.
 BASE_CHILD_NAMES = ("base_layer", "base", "linear", "base_linear", "orig", "original",
                     "original_layer", "original_module", "org_module", "wrapped", "layer",
                     "module", "fc", "dense", "weight_layer")
 _A_WORDS = {"a", "lora_a", "down", "lora_down", "in", "proj_in", "w_a", "left"}
 _B_WORDS = {"b", "lora_b", "up", "lora_up", "out", "proj_out", "w_b", "right"}
-PEFT_PREFIX = "base_model.model."
-
-# Kinds of linear layer for the coverage table, from the last part of the module name.
-KIND_PATTERNS = [
-    ("qkv", r"(qkv_proj|qkv|c_attn|query_key_value|Wqkv|in_proj)"),
-    ("q", r"(q_proj|query|q|wq|q_lin|to_q)"),
-    ("k", r"(k_proj|key|k|wk|k_lin|to_k)"),
-    ("v", r"(v_proj|value|v|wv|v_lin|to_v)"),
-    ("o", r"(o_proj|out_proj|wo|out_lin|to_out|dense|c_proj)"),
-    ("gate_up", r"(gate_up_proj)"),
-    ("gate", r"(gate_proj|w1|wi_0|gate)"),
-    ("up", r"(up_proj|w3|wi_1|fc1|c_fc|fc_in|up|wi)"),
-    ("down", r"(down_proj|w2|fc2|fc_out|down)"),
-    ("lm_head", r"(lm_head|embed_out|output|output_layer)"),
-]
-KIND_ORDER = ["qkv", "q", "k", "v", "o", "gate_up", "gate", "up", "down", "other", "lm_head"]
-_LAYER_INDEX = re.compile(r"\.(\d+)(?:\.|$)")
 
 
 def linear_weight(m: nn.Module) -> torch.Tensor | None:
@@ -67,44 +50,6 @@ def linear_weight(m: nn.Module) -> torch.Tensor | None:
 
 def is_linear(m: nn.Module) -> bool:
     return linear_weight(m) is not None
-
-
-def canonical(name: str) -> str:
-    """The name a layer has in the base model (PEFT's wrapper prefix and base child removed)."""
-    if name.startswith(PEFT_PREFIX):
-        name = name[len(PEFT_PREFIX):]
-    return name
-
-
-def kind_of(name: str) -> str:
-    last = name.rsplit(".", 1)[-1]
-    for kind, pattern in KIND_PATTERNS:
-        if re.fullmatch(pattern, last, flags=re.IGNORECASE):
-            if kind == "o" and last in ("dense", "c_proj") and ".mlp." in f".{name}.":
-                return "down"  # GPT-2 / NeoX name the MLP output dense / c_proj too
-            return kind
-    return "other"
-
-
-def layer_of(name: str) -> int | None:
-    found = _LAYER_INDEX.findall(name)
-    return int(found[0]) if found else None
-
-
-def layer_ranges(values: list[int]) -> str:
-    """`layers 0-3, 7, 9-11` for sorted layer indexes."""
-    out, start, prev = [], None, None
-    for v in values:
-        if start is None:
-            start = prev = v
-        elif v == prev + 1:
-            prev = v
-        else:
-            out.append(str(start) if start == prev else f"{start}-{prev}")
-            start = prev = v
-    if start is not None:
-        out.append(str(start) if start == prev else f"{start}-{prev}")
-    return "layers " + ", ".join(out)
 
 
 @dataclass(eq=False)
@@ -512,131 +457,3 @@ def _unregistered(name: str, m: nn.Module, names) -> Adapter | None:
                        scaling_source=source)
     return None
 
-
-# --- static analysis of patched forwards -------------------------------------------------
-
-
-@dataclass
-class ForwardRefs:
-    """What a module's instance-level `forward` holds on to, found without calling it."""
-
-    function: Any
-    calls: list[tuple[str, nn.Module]] = field(default_factory=list)  # bound forwards (via, module)
-    uses: list[tuple[str, nn.Module]] = field(default_factory=list)   # modules held (via, module)
-    levels: int = 0          # nested patched functions that each hold a module
-    names_forward: bool = False  # the code looks up `.forward` at call time (recursion risk)
-    holds_self: bool = False
-
-    def describe(self) -> str:
-        fn = self.function
-        if isinstance(fn, functools.partial):
-            return f"functools.partial({getattr(fn.func, '__qualname__', fn.func)}, ...)"
-        return getattr(fn, "__qualname__", type(fn).__name__)
-
-
-def forward_refs(module: nn.Module) -> ForwardRefs | None:
-    """The references of `module.__dict__['forward']`, or None when forward is not patched."""
-    fn = module.__dict__.get("forward")
-    if fn is None or _accelerate_hook(fn) is module:
-        return None  # accelerate's offload hook (device_map="auto") is not the user's patch
-    refs = ForwardRefs(fn)
-    _walk(fn, "forward", 0, set(), refs, module)
-    return refs
-
-
-def _walk(obj: Any, via: str, depth: int, seen: set[int], refs: ForwardRefs, host) -> bool:
-    """Record what `obj` holds; True when it (transitively) holds a module or a module's method."""
-    if depth > 6 or id(obj) in seen:
-        return False
-    seen.add(id(obj))
-    if isinstance(obj, nn.Module):
-        refs.uses.append((via, obj))
-        if obj is host:
-            refs.holds_self = True
-        return True
-    if inspect.ismethod(obj):
-        if isinstance(obj.__self__, nn.Module):
-            refs.calls.append((via, obj.__self__))
-            return True
-        return _walk(obj.__func__, via, depth + 1, seen, refs, host)
-    hooked = _accelerate_hook(obj)
-    if hooked is not None:  # accelerate's hooked forward of a module: that module's forward
-        refs.calls.append((via, hooked))
-        return True
-    if isinstance(obj, functools.partial):
-        direct = False
-        for i, arg in enumerate(obj.args):
-            direct |= _walk(arg, f"partial argument {i}", depth + 1, seen, refs, host)
-        for key, value in obj.keywords.items():
-            direct |= _walk(value, f"partial argument {key}", depth + 1, seen, refs, host)
-        _walk(obj.func, via, depth + 1, seen, refs, host)
-        if direct:
-            refs.levels += 1
-        return direct
-    if inspect.isfunction(obj):
-        code = obj.__code__
-        items: list[tuple[str, Any]] = []
-        for var, cell in zip(code.co_freevars, obj.__closure__ or ()):
-            try:
-                items.append((f"closure variable {var}", cell.cell_contents))
-            except ValueError:  # an empty cell
-                continue
-        if obj.__defaults__:
-            positional = code.co_varnames[:code.co_argcount]
-            for var, value in zip(positional[-len(obj.__defaults__):], obj.__defaults__):
-                items.append((f"default argument {var}", value))
-        for var, value in (obj.__kwdefaults__ or {}).items():
-            items.append((f"default argument {var}", value))
-        holds = False
-        direct = False
-        for item_via, value in items:
-            is_direct = isinstance(value, nn.Module) or (
-                inspect.ismethod(value) and isinstance(value.__self__, nn.Module))
-            got = _walk(value, item_via, depth + 1, seen, refs, host)
-            holds |= got
-            direct |= is_direct and got
-        if direct:
-            refs.levels += 1
-        if "forward" in code.co_names:
-            refs.names_forward = True
-        return holds
-    return False
-
-
-def _accelerate_hook(obj: Any) -> nn.Module | None:
-    """The module whose forward `obj` is when `obj` is accelerate's hooked forward
-    (`functools.partial(new_forward, module)`, set by `add_hook_to_module`), else None."""
-    if isinstance(obj, functools.partial) and obj.args and isinstance(obj.args[0], nn.Module) \
-            and (getattr(obj.func, "__module__", "") or "").startswith("accelerate."):
-        return obj.args[0]
-    return None
-
-
-def class_patched(model: nn.Module) -> list[dict]:
-    """Classes in the model whose `forward` was assigned from outside the class body.
-
-    A method defined in a class body has `__qualname__ == f"{Class.__qualname__}.forward"`;
-    `nn.Linear.forward = forward_with_lora` leaves the user's function there instead, and
-    every instance of the class (in every model in the process) runs it.
-    """
-    seen: dict[type, dict] = {}
-    for name, m in model.named_modules():
-        cls = type(m)
-        if cls in seen:
-            seen[cls]["instances"] += 1
-            continue
-        info = None
-        for klass in cls.__mro__:
-            fn = klass.__dict__.get("forward")
-            if fn is None:
-                continue
-            qual = getattr(fn, "__qualname__", "")
-            if inspect.isfunction(fn) and qual != f"{klass.__qualname__}.forward" \
-                    and fn.__name__ != "_forward_unimplemented" \
-                    and getattr(fn, "__module__", None) != klass.__module__:
-                info = {"class": f"{klass.__module__}.{klass.__qualname__}",
-                        "function": qual, "file": fn.__code__.co_filename,
-                        "line": fn.__code__.co_firstlineno, "instances": 1, "first": name}
-            break
-        seen[cls] = info or {"instances": 1, "ok": True}
-    return [v for v in seen.values() if not v.get("ok")]

@@ -84,7 +84,8 @@ def fresh_copy(model, seed: int = 0):
     import torch
 
     from ..rules import SkipCheck
-    from .adapters import discover, forward_refs
+    from .adapters import discover
+    from .references import forward_refs
 
     patched = [n for n, m in model.named_modules() if "forward" in m.__dict__
                and forward_refs(m) is not None]

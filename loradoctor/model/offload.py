@@ -6,28 +6,22 @@ layers that fit go to the GPU, then to the CPU, and the rest to a temporary fold
 (removed after the run). Each offloaded layer's weights are brought in by accelerate's hook for
 the call that needs them and dropped after, so the whole-model forwards (identity start,
 gradient flow, training steps) run as they do on a model in memory; the per-layer probe of the
-wiring rules brings one layer's weights in at a time (`weights_of`).
+wiring rules brings one layer's weights in at a time (`placement.weights_of`).
 
-Two families cannot work on offloaded weights and are skipped with the reason
-(`OFFLOAD_SKIPPED`): numerics (LD3xx) casts the whole model to fp16 / bf16 copies, and
-persistence (LD5xx) perturbs the factors against the base weights' norms, builds a second
-copy and merges `B @ A` into base weights in place, which offloaded tensors (meta
-placeholders backed by files) do not allow.
+Two families cannot work on offloaded weights and declare it (`runs_offloaded=False`), so
+`registry.applicable` skips them with the reason: numerics (LD3xx) casts the whole model to
+fp16 / bf16 copies, and persistence (LD5xx) perturbs the factors against the base weights'
+norms, builds a second copy and merges `B @ A` into base weights in place, which offloaded
+tensors (meta placeholders backed by files) do not allow.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import shutil
 import tempfile
-from pathlib import Path
-from typing import Iterator
 
 from ..errors import InputError
-from ..rules import Rule, SkipCheck
-
-OFFLOAD_SKIPPED = ("LD3", "LD5")
+from .shared import discovery
 
 
 def parse_max_memory(text: str | dict | None) -> dict:
@@ -86,67 +80,24 @@ def cleanup(ctx) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def rules_for(ctx, rules: list[Rule]) -> list[Rule]:
-    """With offloaded weights, the numerics and persistence rules become skips that say why.
+def fall_back_to_static(ctx, static_codes: list[str]) -> None:
+    """Static mode for an offloaded model whose adapters have no values at all.
 
     Adapters the user's code created on an offloaded layer's weight device (`.to(
-    module.weight.device)`, the meta device there) have no values at all: the run falls back
-    to static mode (`model/static.py`) and says so."""
+    module.weight.device)`, the meta device there) hold no values: the run falls back to static
+    mode (`model/static.py`) and says so in the summary, with the rules that still run
+    (`static_codes`)."""
     if getattr(ctx, "offload", None) is None:
-        return rules
+        return
     on_meta = adapters_on_meta(ctx)
     if on_meta and not ctx.static:
-        from .static import STATIC_RULES
         ctx.static = True
         ctx.static_why = (f"{on_meta[0]}'s adapter (and {len(on_meta) - 1} more) was created on "
                           f"the meta device, where its offloaded layer's weight sits between "
                           f"calls; create adapters on the hook's execution device")
-        ctx.summary["static_mode"] = {"reason": ctx.static_why, "rules": list(STATIC_RULES)}
-    return [_skipping(r) if r.code.startswith(OFFLOAD_SKIPPED) else r for r in rules]
+        ctx.summary["static_mode"] = {"reason": ctx.static_why, "rules": list(static_codes)}
 
 
 def adapters_on_meta(ctx) -> list[str]:
-    from .measurements import discovery
     return [a.name for a in discovery(ctx).adapters
             if a.A.device.type == "meta" or a.B.device.type == "meta"]
-
-
-def _skipping(rule: Rule) -> Rule:
-    why = ("casts the whole model to fp16 / bf16 copies" if rule.code.startswith("LD3") else
-           "writes into the base weights in place and loads a second copy")
-
-    def check(ctx):
-        raise SkipCheck(f"offloaded weights (device_map=\"auto\"): this rule {why}, which "
-                        f"offloaded weights do not allow")
-    check.__doc__ = rule.check.__doc__
-    return dataclasses.replace(rule, check=check)
-
-
-def is_offloaded(module) -> bool:
-    hook = getattr(module, "_hf_hook", None)
-    return bool(getattr(hook, "offload", False))
-
-
-@contextlib.contextmanager
-def weights_of(*modules) -> Iterator[None]:
-    """The modules' offloaded weights brought in for the block (no-op for weights in memory)."""
-    with contextlib.ExitStack() as stack:
-        for m in modules:
-            if m is not None and is_offloaded(m):
-                from accelerate.utils import align_module_device
-                stack.enter_context(align_module_device(m))
-        yield
-
-
-def device_for(module, tensor):
-    """Where an input for `module` must go: its hook's execution device when its weights are
-    offloaded (they sit on the meta device between calls), else the tensor's device."""
-    hook = getattr(module, "_hf_hook", None)
-    if tensor.device.type == "meta" and hook is not None:
-        return getattr(hook, "execution_device", None) or "cpu"
-    return tensor.device
-
-
-def folder_size(ctx) -> int:
-    return sum(p.stat().st_size for f in ctx.__dict__.get("_offload_folders", [])
-               for p in Path(f).rglob("*") if p.is_file())

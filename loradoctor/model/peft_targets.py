@@ -19,12 +19,12 @@ The closest real names (difflib) come with each entry that matches nothing.
 
 from __future__ import annotations
 
-from .adapters import layer_ranges as _ranges
-
 import difflib
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from .layer_names import layer_ranges
 
 # Children PEFT adds under a layer it wraps: not names the user's config could have meant.
 INTERNAL = {"base_layer", "lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B",
@@ -177,7 +177,7 @@ def _check_layers(indexes, patterns, targeted, names, adapter, out) -> None:
         _count(out, "layers_to_transform")
         if int(index) not in present:
             out.unmatched.append(Unmatched("layers_to_transform", int(index), adapter,
-                                           closest=[_ranges(present)] if present else []))
+                                           closest=[layer_ranges(present)] if present else []))
 
 
 def layer_index(name: str, patterns=None) -> int | None:

@@ -62,9 +62,9 @@ def test_torch_load_without_weights_only_is_only_info_on_a_torch_that_defaults_t
 
 def test_torch_load_without_weights_only_is_warned_on_a_torch_older_than_2_6(
         cli, tiny_llama_dir, monkeypatch):
-    from loradoctor.model import measurements
-    monkeypatch.setattr(measurements, "torch_version", lambda: "2.5.1")
-    assert not measurements.weights_only_by_default()
+    from loradoctor.model import torch_load
+    monkeypatch.setattr(torch_load, "torch_version", lambda: "2.5.1")
+    assert not torch_load.weights_only_by_default()
     code, data = check(cli, tiny_llama_dir, f"{MINIMIND}:apply_lora_factory")
     (unsafe,) = found(data, "LD501", "warning")
     assert "without weights_only=True on torch 2.5.1" in unsafe["message"]

@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from loradoctor.model.adapters import (canonical, class_patched, discover, forward_refs, kind_of,
-                                 layer_of)
+from loradoctor.model.adapters import discover
+from loradoctor.model.layer_names import canonical, kind_of, layer_of
+from loradoctor.model.references import class_patched, forward_refs
 from loradoctor.inputs.pretrained import load_model
 from loradoctor.inputs.specs import load_spec
 

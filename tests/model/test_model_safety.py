@@ -75,16 +75,17 @@ def test_the_full_check_model_run_leaves_the_users_model_unchanged(tiny_llama_di
 
 
 def test_aliasing_and_identity_do_not_cost_a_model_forward_per_layer(tiny_llama_dir):
-    from loradoctor.model import measurements as measure
+    from loradoctor.model.identity import adapted_forward
+    from loradoctor.model.layer_probe import module_probe
 
     ctx = ModelContext(tiny_llama_dir, apply_spec=f"{MINIMIND}:apply_lora_default_args")
     ctx.validate_inputs()
     calls = []
     handle = ctx.adapted.register_forward_pre_hook(lambda m, a: calls.append(1))
     try:
-        measure.module_probe(ctx)  # 14 layers probed, each on its own small input
+        module_probe(ctx)  # 14 layers probed, each on its own small input
         assert calls == []
-        measure.adapted_forward(ctx)  # identity: one batched forward of the whole model
+        adapted_forward(ctx)  # identity: one batched forward of the whole model
         assert len(calls) == 1
     finally:
         handle.remove()

@@ -15,7 +15,8 @@ import os
 import pytest
 
 import loradoctor
-from loradoctor.model import static
+from loradoctor import registry
+from loradoctor.model import placement
 
 from ..conftest import FIXTURES, PIPELINES
 from ..helpers import check_model, found
@@ -191,7 +192,7 @@ def test_the_skipped_rules_say_why(cli, small_dir):
     skipped = [c for c in data["checks"] if c["status"] == "skip"]
     assert {c["code"] for c in skipped} >= {"LD401", "LD402", "LD403", "LD404", "LD406",
                                             "LD501", "LD502"}
-    assert not {c["code"] for c in skipped} & set(static.STATIC_RULES) - {"LD205"}
+    assert not {c["code"] for c in skipped} & set(registry.static_codes()) - {"LD205"}
 
 
 def test_weights_that_do_not_fit_switch_to_static_mode(tmp_path, monkeypatch):
@@ -200,16 +201,16 @@ def test_weights_that_do_not_fit_switch_to_static_mode(tmp_path, monkeypatch):
         {"metadata": {"total_size": 16 * 2**30}, "weight_map": {}}), encoding="utf-8")
     (d / "model-00001-of-00002.safetensors").write_bytes(b"")
     # 16 GB of bf16 is 32 GB in fp32, kept twice: more than this machine holds, unless it is huge.
-    have = static.available_memory()
-    assert static.fp32_bytes(d) == 32 * 2**30
-    reason = static.static_reason(d)
+    have = placement.available_memory()
+    assert placement.fp32_bytes(d) == 32 * 2**30
+    reason = placement.static_reason(d)
     if have is not None and have < 64 * 2**30:
         assert reason is not None and "32.0 GB in fp32" in reason
-    assert static.static_reason(tmp_path / "missing") is None
+    assert placement.static_reason(tmp_path / "missing") is None
 
 
 def test_available_memory_is_read_without_psutil():
-    have = static.available_memory()
+    have = placement.available_memory()
     assert have is None or have > 0
     if os.path.exists("/proc/meminfo"):
         assert have is not None

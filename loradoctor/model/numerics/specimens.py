@@ -31,7 +31,7 @@ SMALL_GRADIENT_HEAD_SCALE = 2.0 ** -10  # lm_head.weight
 
 
 def _specimen(name: str, scale) -> Path:
-    from ...assets import _build_atomically, cache_dir, tiny_llama_dir
+    from ...assets import build_atomically, cache_dir, tiny_llama_dir
 
     base = tiny_llama_dir()
 
@@ -42,7 +42,7 @@ def _specimen(name: str, scale) -> Path:
             scale(model)
         model.save_pretrained(out, safe_serialization=True)
 
-    return _build_atomically(cache_dir() / f"numerics-{name}-v{SPECIMENS_VERSION}", build)
+    return build_atomically(cache_dir() / f"numerics-{name}-v{SPECIMENS_VERSION}", build)
 
 
 def large_activation_dir() -> Path:
