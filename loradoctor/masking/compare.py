@@ -2,63 +2,33 @@
 
 Per sample: read every negative label as masked (the value recorded: -100 for transformers'
 loss, -1 for nanoGPT's, LD117), undo a hand-made shift of the labels (and record it, or that
-there is none: LD106, LD116), drop padding, align the
-user's ids with the template's (allowing a doubled BOS, an added BOS, a missing preamble, left
-or right padding, right truncation), then compare label masks position by position. Each
-disagreement is classified by what the oracle says the token is: prompt text (system, user,
-tool), template text (role headers, preamble), the separator after the end-of-turn token,
-padding, an assistant body token or the end-of-turn token. The aggregate keeps counts, the
-first `MAX_LINES` line numbers per kind, and token views for the first `show` samples.
+there is none: LD106, LD116; `alignment.effective_labels`), then judge the labels against the
+record's rendering, or against the sample's own tokens' turns (`sample_diff.SampleJudge`:
+padding dropped, the ids aligned with the template's allowing a doubled BOS, an added BOS, a
+missing preamble, left or right padding, right truncation, and every disagreement classified
+by what the oracle says the token is). The aggregate keeps counts, the first `MAX_LINES` line
+numbers per kind, and token views for the first `show` samples.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from ..errors import InputError
 from ..findings import TokenView
-from .markers import Marker
-from .oracle import OracleSample, Truth
-from .structure import StructureOracle
-from .scan import DataStats, Lines
-from .template import TemplateFacts
 from ..inputs.user_dataset import IGNORE_INDEX, Item, UserData
+from .alignment import effective_labels, labels_aligned
+from .markers import Marker, marker_counts
+from .oracle import OracleSample, Truth
+from .scan import DataStats, Lines
+from .structure import StructureOracle
+from .sample_diff import SampleDiff, SampleJudge, decode
+from .template import TemplateFacts
 
 VIEW_BEFORE, VIEW_TOKENS = 24, 96  # token view window around the first disagreement
 MAX_VARIANT_ROWS = 200  # token rows rendered again to say which template variant they follow
 MAX_ROW_PROBLEMS = 1000  # unreadable rows kept with their reason; every one is counted
-
-
-@dataclass
-class SampleDiff:
-    """How one sample's labels differ from the oracle's."""
-
-    line: int
-    location: str
-    n_user: int = 0
-    n_supervised: int = 0
-    shifted: bool = False
-    labels_aligned: bool = False  # most supervised labels are the input id at their position
-    double_bos: bool = False
-    aligned: bool = False
-    truncated: bool = False
-    differ: str | None = None  # how the input_ids differ from the template's (LD110)
-    extra: Counter = field(default_factory=Counter)  # category -> supervised, should not be
-    missing_turns: int = 0  # assistant turns with no body token supervised
-    partial_turns: int = 0  # assistant turns with some body tokens unsupervised
-    missing_tokens: int = 0
-    tail: bool = False  # the unsupervised body tokens are a turn's tail
-    eot_total: int = 0
-    eot_missing: int = 0
-    eot_as_pad: bool = False  # the missed end-of-turn token has the pad id
-    assistant_total: int = 0  # oracle-supervised tokens (body + end-of-turn)
-    cut: int = 0  # oracle-supervised tokens cut away by the user's truncation
-    straddle_missing: int = 0  # missing turns whose header merges with the reply's first token
-    marker_miss: dict[str, tuple[int, int]] = field(default_factory=dict)  # marker -> counts
-    focus: int | None = None  # user position of the first disagreement
-    cut_in_turn: bool = False  # judged by its own tokens, the row ends inside an assistant turn
 
 
 @dataclass
@@ -112,40 +82,6 @@ class Comparison:
     views: dict[str, list[TokenView]] = field(default_factory=dict)
 
 
-def effective_labels(item: Item) -> tuple[list[int], list[bool], bool] | None:
-    """(ids, supervised mask in input positions, shifted): undo a hand-made shift by one."""
-    ids, labels = item.ids, item.labels
-    if len(labels) not in (len(ids), len(ids) - 1) or not ids:
-        return None
-    sup = [t for t, y in enumerate(labels) if y != IGNORE_INDEX]
-    same = sum(1 for t in sup if labels[t] == ids[t])
-    nxt = sum(1 for t in sup if t + 1 < len(ids) and labels[t] == ids[t + 1])
-    if len(labels) == len(ids) - 1:
-        shifted = bool(sup) and nxt >= same  # labels = input_ids[1:], MiniMind's (X, Y)
-    else:
-        shifted = bool(sup) and nxt > same and nxt >= 0.5 * len(sup)
-    if not shifted:
-        mask = [y != IGNORE_INDEX for y in labels] + [False] * (len(ids) - len(labels))
-        return list(ids), mask, False
-    mask = [False] * (len(ids) + 1)
-    for t in sup:
-        mask[t + 1] = True
-    ids = list(ids)
-    if mask[len(ids)]:
-        ids.append(labels[len(ids) - 1])  # the last label predicts a token past the input
-    else:
-        mask.pop()
-    return ids, mask, True
-
-
-def labels_aligned(item: Item) -> bool:
-    """Most supervised labels equal the input id at their own position (`labels[t] ==
-    input_ids[t]`): right for a model that shifts inside, a copy task for one that does not."""
-    sup = [t for t, y in enumerate(item.labels) if y != IGNORE_INDEX and t < len(item.ids)]
-    same = sum(1 for t in sup if item.labels[t] == item.ids[t])
-    return bool(sup) and same >= 0.5 * len(sup)
-
-
 class Comparer:
     """Compares one sample at a time and aggregates; views go to the first `show` failures."""
 
@@ -163,6 +99,7 @@ class Comparer:
         user_tokenizer = user.tokenizer if user is not None else tokenizer
         self.pad_id = getattr(user_tokenizer, "pad_token_id", None)
         self.bos_id = getattr(user_tokenizer, "bos_token_id", None)
+        self.judge = SampleJudge(facts, tokenizer, self.pad_id, self.bos_id)
         self.result = Comparison(user_max_length=user.max_length if user is not None else None)
         self._shown: set[int] = set()  # lines already shown in a view: each sample once
         for m in self.markers:
@@ -201,7 +138,7 @@ class Comparer:
         diff.labels_aligned = not shifted and labels_aligned(item)
         self._current = (ids, mask, None)
         if sample is not None:
-            self._compare(diff, ids, mask, item.attention, sample)
+            self._judge(diff, ids, mask, item.attention, sample)
             if diff.aligned or self.structure is None:
                 self._aggregate(diff, sample)
                 return
@@ -226,7 +163,7 @@ class Comparer:
             if not variant.same:
                 res.variant_rows.add(line)
                 res.first_variant = res.first_variant or f"{location}: {variant.where}"
-        self._compare(diff, ids, mask, item.attention, own)
+        self._judge(diff, ids, mask, item.attention, own)
         bos = self.bos_id
         diff.double_bos = diff.double_bos or (bos is not None and own.ids[:2] == [bos, bos])
         turns = own.truth.turns
@@ -269,137 +206,25 @@ class Comparer:
             hi += 1  # pad == end-of-turn: the first of the run closes the last turn
         return list(ids[lo:hi])
 
-    def _compare(self, diff: SampleDiff, ids: list[int], mask: list[bool],
-                 attention: list[int] | None, sample: OracleSample) -> None:
-        f = self.facts
-        O = sample.ids
-        om = sample.mask()
-        pad, bos = self.pad_id, self.bos_id
-        # Drop positions the attention mask calls padding.
-        real = list(range(len(ids)))
-        if attention is not None and 0 in attention:
-            real = [t for t in real if t >= len(attention) or attention[t]]
-        kept = set(real)
-        padding = [t for t in range(len(ids)) if t not in kept] if len(real) < len(ids) else []
-        if any(mask[t] for t in padding):
-            diff.extra["padding"] += sum(mask[t] for t in padding)
-        U = [ids[t] for t in real]
-        M = [mask[t] for t in real]
-
-        candidates = [(0, 0, None)]
-        if bos is not None and U[:2] == [bos, bos] and O[:1] == [bos]:
-            candidates.append((1, 0, "double_bos"))
-        if bos is not None and U[:1] == [bos] and O[:1] != [bos]:
-            candidates.append((1, 0, "the tokenizer added a BOS token the template does not "
-                                     "write"))
-        lead = 0
-        while pad is not None and lead < len(U) and U[lead] == pad and \
-                (lead >= len(O) or O[lead] != pad):
-            lead += 1
-        if lead:
-            candidates.append((lead, 0, None))  # left padding
-        if f.preamble and sample.truth.text.startswith(f.preamble):
-            k = bisect_left([a for a, _ in sample.offsets], len(f.preamble))
-            if k:
-                candidates.append((0, k, "the template's preamble is missing: "
-                                         f"{_short(f.preamble)}"))
-        best = None
-        for us, os_, note in candidates:
-            n = _common_prefix(U, us, O, os_)
-            if best is None or n > best[0]:
-                best = (n, us, os_, note)
-        n, us, os_, note = best
-        rest_u, rest_o = U[us + n:], O[os_ + n:]
-        if note == "double_bos":
-            diff.double_bos = True
-            note = None
-        if any(M[:us]):  # a doubled or added BOS, left padding: supervised, should not be
-            diff.extra["template"] += sum(M[:us])
-        tail_pads = bool(rest_u) and pad is not None and all(t == pad for t in rest_u)
-        if not rest_o:
-            diff.aligned = True
-            if rest_u and not tail_pads:
-                note = note or (f"{len(rest_u)} token(s) after the template's text: "
-                                f"{_short(self._decode(rest_u))}")
-        elif not rest_u or tail_pads:
-            diff.aligned = diff.truncated = True
-        else:
-            note = note or self._describe_difference(U[us:], O[os_:], n, sample, os_)
-        if rest_u and tail_pads and any(M[us + n:]):
-            diff.extra["padding"] += sum(M[us + n:])
-        diff.differ = note
-        if not diff.aligned:
-            diff.focus = real[us + n] if us + n < len(real) else None
-            return
-
-        # Aligned: user position us + j is oracle position os_ + j for j < n.
-        cats = _Categories(sample, f)
-        first = None
-        for j in range(n):
-            u_sup, o_sup = M[us + j], om[os_ + j]
-            if u_sup and not o_sup:
-                diff.extra[cats.of(os_ + j)] += 1
-            if u_sup != o_sup and first is None:
-                first = j
-        if diff.extra and first is None:
-            first = 0
-        for k, (t0, t1) in enumerate(sample.ranges):
-            eot = t1 - 1 if sample.eot_ok[k] else None
-            body = range(t0, eot if eot is not None else t1)
-            diff.assistant_total += t1 - t0
-            missed = seen = 0
-            trailing_missed = 0
-            for o in body:
-                if o < os_:
-                    continue
-                if o >= os_ + n:
-                    diff.cut += 1
-                    continue
-                seen += 1
-                if M[us + o - os_]:
-                    trailing_missed = 0
-                else:
-                    missed += 1
-                    trailing_missed += 1
-            whole = seen and missed == seen
-            if eot is not None:
-                if eot >= os_ + n:
-                    diff.cut += 1
-                elif eot >= os_ and not M[us + eot - os_]:
-                    if whole:  # a turn missed whole is LD104's, end-of-turn token included
-                        missed += 1
-                    else:
-                        diff.eot_total += 1
-                        diff.eot_missing += 1
-                        diff.eot_as_pad = diff.eot_as_pad or (pad is not None and O[eot] == pad)
-                elif eot >= os_:
-                    diff.eot_total += 1
-            if whole:
-                diff.missing_turns += 1
-                diff.straddle_missing += k in sample.straddles
-            elif missed:
-                diff.partial_turns += 1
-                diff.tail = diff.tail or trailing_missed == missed
-            diff.missing_tokens += missed
-        diff.focus = real[us + first] if first is not None else None
-        oracle_mask = [False] * len(ids)
-        for j in range(n):
-            oracle_mask[real[us + j]] = om[os_ + j]
-        self._current = (ids, mask, oracle_mask)
+    def _judge(self, diff: SampleDiff, ids: list[int], mask: list[bool],
+               attention: list[int] | None, sample: OracleSample) -> None:
+        oracle_mask = self.judge.judge(diff, ids, mask, attention, sample)
+        if oracle_mask is not None:  # the view shows the truth where the ids align
+            self._current = (ids, mask, oracle_mask)
 
     def _aggregate(self, diff: SampleDiff, sample: OracleSample) -> None:
+        """Add one sample's differences to the run's counts, and its token views."""
         res = self.result
         line = diff.line
         if diff.shifted:
             res.shifted.add(line)
         elif diff.labels_aligned:
             res.unshifted.add(line)
-        if diff.double_bos:
-            res.double_bos.add(line)
+        res.double_bos.add_if(diff.double_bos, line)
         if diff.differ:
             self._record_differ(diff)
         for m in self.markers:
-            text_n, token_n = _marker_counts(m, sample)
+            text_n, token_n = marker_counts(m, sample)
             counts = res.marker_counts[m.attribute]
             counts[0] += text_n
             counts[1] += token_n
@@ -409,6 +234,12 @@ class Comparer:
             if diff.n_supervised == 0:
                 self._view("LD101", diff)
             return
+        self._aggregate_compared(diff)
+
+    def _aggregate_compared(self, diff: SampleDiff) -> None:
+        """The counts of a sample whose ids align with the template's: its labels compared."""
+        res = self.result
+        line = diff.line
         res.compared += 1
         supervised = diff.n_supervised > 0
         if supervised:
@@ -464,25 +295,10 @@ class Comparer:
         if self.result.first_differ is None:
             self.result.first_differ = f"{diff.location}: {diff.differ}"
 
-    # --- helpers ----------------------------------------------------------------------
-
-    def _describe_difference(self, U: list[int], O: list[int], n: int, sample: OracleSample,
-                             os_: int) -> str:
-        user_text = self._decode(U)
-        if user_text == self._decode(O):
-            return (f"the same text tokenized differently (first difference at token {n}: the "
-                    f"template's ids give {_short(self._decode(O[n:n + 3]))}, yours "
-                    f"{_short(self._decode(U[n:n + 3]))}); tokenize the rendered conversation "
-                    f"in one call with add_special_tokens=False")
-        if self.facts.preamble and sample.truth.text.endswith(user_text) \
-                and sample.truth.text.startswith(self.facts.preamble):
-            return f"the template's preamble is missing: {_short(self.facts.preamble)}"
-        return (f"first difference at token {n}: the template has "
-                f"{_short(self._decode(O[n:n + 4]))}, yours has {_short(self._decode(U[n:n + 4]))}")
+    # --- token views --------------------------------------------------------------------
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=False,
-                                     clean_up_tokenization_spaces=False)
+        return decode(self.tokenizer, ids)
 
     def _view(self, key: str, diff: SampleDiff) -> None:
         """A token view of the current sample for rule `key` (the first `show` per rule)."""
@@ -501,59 +317,6 @@ class Comparer:
         title = f"{diff.location}  tokens {lo}-{hi} of {len(item_ids)}"
         views.append(TokenView(title, tokens, mask[lo:hi],
                                oracle_mask[lo:hi] if oracle_mask is not None else None))
-
-
-def _common_prefix(a: list[int], i: int, b: list[int], j: int) -> int:
-    n = 0
-    limit = min(len(a) - i, len(b) - j)
-    while n < limit and a[i + n] == b[j + n]:
-        n += 1
-    return n
-
-
-def _short(text: str, limit: int = 60) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "...")
-
-
-class _Categories:
-    """What the oracle says a token is, by where its first character sits in the text."""
-
-    def __init__(self, sample: OracleSample, facts: TemplateFacts):
-        self.sample = sample
-        regions = sorted(sample.truth.regions)
-        self.starts = [s for s, _, _ in regions]
-        self.regions = regions
-        sep = facts.separator
-        text = sample.truth.text
-        self.seps = sorted((t.end, t.end + len(sep)) for t in sample.truth.turns
-                           if sep and text.startswith(sep, t.end))
-
-    def of(self, o: int) -> str:
-        a = self.sample.offsets[o][0]
-        i = bisect_right(self.starts, a) - 1
-        if i >= 0 and self.regions[i][0] <= a < self.regions[i][1]:
-            return self.regions[i][2]
-        for s, e in self.seps:
-            if s <= a < e:
-                return "separator"
-        return "template"
-
-
-def _marker_counts(marker: Marker, sample: OracleSample) -> tuple[int, int]:
-    """Occurrences of the marker's text in template-written text vs of its ids in the tokens."""
-    text, ids = sample.truth.text, marker.ids
-    if not marker.text:
-        return 0, 0
-    contents = [(s, e) for s, e, _ in sample.truth.regions] + \
-        [t.content for t in sample.truth.turns if t.content]
-    text_n, p = 0, text.find(marker.text)
-    while p >= 0:
-        if not any(s <= p < e for s, e in contents):
-            text_n += 1
-        p = text.find(marker.text, p + 1)
-    O, m = sample.ids, len(ids)
-    token_n = sum(1 for i in range(len(O) - m + 1) if O[i] == ids[0] and O[i:i + m] == ids)
-    return text_n, token_n
 
 
 def compare_dataset(user: UserData, records, oracle, stats: DataStats, markers: list[Marker],

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .oracle import OracleSample
+
 SPECIAL_ATTRS = ("bos_token", "eos_token", "pad_token", "unk_token", "sep_token", "cls_token",
                  "mask_token")
 MAX_MARKER_TOKENS = 32
@@ -167,3 +169,20 @@ def _formatted_attributes(node: ast.AST) -> list[str]:
         right = node.right.elts if isinstance(node.right, ast.Tuple) else [node.right]
         found = [_attr_name(r) for r in right]
     return [a for a in found if a]
+
+
+def marker_counts(marker: Marker, sample: OracleSample) -> tuple[int, int]:
+    """Occurrences of the marker's text in template-written text vs of its ids in the tokens."""
+    text, ids = sample.truth.text, marker.ids
+    if not marker.text:
+        return 0, 0
+    contents = [(s, e) for s, e, _ in sample.truth.regions] + \
+        [t.content for t in sample.truth.turns if t.content]
+    text_n, p = 0, text.find(marker.text)
+    while p >= 0:
+        if not any(s <= p < e for s, e in contents):
+            text_n += 1
+        p = text.find(marker.text, p + 1)
+    O, m = sample.ids, len(ids)
+    token_n = sum(1 for i in range(len(O) - m + 1) if O[i] == ids[0] and O[i:i + m] == ids)
+    return text_n, token_n

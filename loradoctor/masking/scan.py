@@ -36,6 +36,11 @@ class Lines:
         if len(self.lines) < MAX_LINES:
             self.lines.append(line)
 
+    def add_if(self, happened: bool, line: int) -> None:
+        """`add(line)` when `happened`."""
+        if happened:
+            self.add(line)
+
     def merge(self, other: "Lines") -> None:
         self.count += other.count
         self.lines.extend(other.lines[:MAX_LINES - len(self.lines)])
@@ -89,17 +94,13 @@ class DataStats:
         supervised = sample.supervised
         self.assistant_tokens += supervised
         self.turns += len(sample.ranges)
-        if truth.unlocated:
-            self.unlocated.add(line)
-        if truth.rewritten:
-            self.rewritten.add(line)
+        self.unlocated.add_if(truth.unlocated, line)
+        self.rewritten.add_if(truth.rewritten, line)
         if truth.generation_mismatch:
             self.generation_mismatch.add(line)
             self.first_mismatch = self.first_mismatch or truth.generation_mismatch
-        if supervised == 0 and not truth.unlocated:
-            self.no_assistant.add(line)
-        if not all(sample.eot_ok):
-            self.eot_missing.add(line)
+        self.no_assistant.add_if(supervised == 0 and not truth.unlocated, line)
+        self.eot_missing.add_if(not all(sample.eot_ok), line)
         if sample.straddles:
             self.straddle.add(line)
             self.straddle_turns += len(sample.straddles)

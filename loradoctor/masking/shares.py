@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field, fields
-from types import SimpleNamespace
 
 from ..findings import TokenView
 from .compare import MAX_ROW_PROBLEMS, MAX_VARIANT_ROWS, Comparer, Comparison
+from .sample_diff import decode
 from .scan import DataStats, Lines
 
 MAX_VIEW_KEYS = 16  # rules that ask for token views (LD101, LD103-LD108 today), bounded above
@@ -109,14 +109,13 @@ def _ids(ids: list[int]) -> int:
 
 def view_decoder(tokenizer):
     """Turns a logged view's token ids into the text `Comparer` shows for each token."""
-    reader = SimpleNamespace(tokenizer=tokenizer)
 
-    def decode(view: TokenView) -> TokenView:
+    def decoded(view: TokenView) -> TokenView:
         if not view.tokens or isinstance(view.tokens[0], str):
             return view
-        return TokenView(view.title, [Comparer._decode(reader, [i]) for i in view.tokens],
+        return TokenView(view.title, [decode(tokenizer, [i]) for i in view.tokens],
                          view.user, view.oracle)
-    return decode
+    return decoded
 
 
 class RecordingComparer(Comparer):

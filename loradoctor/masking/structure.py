@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .oracle import Oracle, OracleSample, Truth, Turn
-from .template import PROBE_SYSTEM, PROBE_USER, _msg
+from .template import PROBE_SYSTEM, PROBE_USER, message
 
 NO_STRUCTURE = "no assistant turn the chat template's structure explains (its assistant header " \
                "{header!r} occurs nowhere in the row)"
@@ -193,7 +193,7 @@ def _system_header(oracle: Oracle) -> str | None:
     if f.system_error:
         return None
     try:
-        text = oracle.renderer.text([_msg("system", PROBE_SYSTEM), _msg("user", PROBE_USER)])
+        text = oracle.renderer.text([message("system", PROBE_SYSTEM), message("user", PROBE_USER)])
     except Exception:  # noqa: BLE001 - a template without system turns
         return None
     p = text.find(PROBE_SYSTEM)

@@ -25,7 +25,8 @@ GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 SPECIAL_VARS = ("bos_token", "eos_token", "pad_token", "unk_token")
 
 
-def _msg(role: str, content: str) -> dict[str, str]:
+def message(role: str, content: str) -> dict[str, str]:
+    """One chat message, as the template takes it."""
     return {"role": role, "content": content}
 
 
@@ -128,8 +129,8 @@ def learn(tokenizer, renderer: Renderer | None = None) -> TemplateFacts:
     f.missing_vars = [v for v in SPECIAL_VARS
                       if re.search(rf"\b{v}\b", r.template) and getattr(tokenizer, v, None) is None]
 
-    user = [_msg("user", PROBE_USER)]
-    pair = user + [_msg("assistant", PROBE_ASSISTANT)]
+    user = [message("user", PROBE_USER)]
+    pair = user + [message("assistant", PROBE_ASSISTANT)]
     try:
         user_text = r.text(user)
         gen_text = r.text(user, add_generation_prompt=True)
@@ -137,8 +138,25 @@ def learn(tokenizer, renderer: Renderer | None = None) -> TemplateFacts:
     except Exception as exc:  # noqa: BLE001 - a template that cannot render is a finding
         f.problems.append(f"the template cannot render [user, assistant]: {one_line(exc)}")
         return f
+    _learn_assistant_header(f, user_text, gen_text, pair_text)
+    _learn_end_of_turn(f, tokenizer, pair_text)
+    _learn_later_turns(f, r, pair, pair_text, user_text)
+    _learn_refusals(f, r, tokenizer, pair)
+    f.emits_bos = bool(f.bos_token) and pair_text.startswith(f.bos_token)
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    without = tokenizer("a", add_special_tokens=False)["input_ids"]
+    f.adds_bos = (f.bos_id is not None and len(with_special) > len(without)
+                  and with_special[0] == f.bos_id)
+    f.adds_eos = (f.eos_id is not None and len(with_special) > len(without)
+                  and with_special[-1] == f.eos_id)
+    if f.assistant_header is None:
+        f.problems.append("no assistant header could be learned from the template")
+    return f
 
-    # The assistant header: what add_generation_prompt appends, else what precedes the reply.
+
+def _learn_assistant_header(f: TemplateFacts, user_text: str, gen_text: str,
+                            pair_text: str) -> None:
+    """What add_generation_prompt appends, else what precedes the reply."""
     if gen_text.startswith(user_text) and len(gen_text) > len(user_text):
         f.assistant_header = gen_text[len(user_text):]
     elif pair_text.startswith(user_text) and PROBE_ASSISTANT in pair_text:
@@ -150,7 +168,10 @@ def learn(tokenizer, renderer: Renderer | None = None) -> TemplateFacts:
                           f"rendered conversation")
         f.assistant_header = None
 
-    # The end-of-turn token: the first added token right after the reply.
+
+def _learn_end_of_turn(f: TemplateFacts, tokenizer, pair_text: str) -> None:
+    """The first added token right after the reply (and what separates it from the next
+    turn), and the token that closes a user's content."""
     after = pair_text[pair_text.index(PROBE_ASSISTANT) + len(PROBE_ASSISTANT):] \
         if PROBE_ASSISTANT in pair_text else ""
     f.end_of_turn, f.separator = _first_control_token(tokenizer, after)
@@ -160,7 +181,12 @@ def learn(tokenizer, renderer: Renderer | None = None) -> TemplateFacts:
     f.closes["user"] = _first_control_token(
         tokenizer, pair_text[pair_text.index(PROBE_USER) + len(PROBE_USER):])[0] or ""
 
-    four = pair + [_msg("user", PROBE_USER_2), _msg("assistant", PROBE_ASSISTANT_2)]
+
+def _learn_later_turns(f: TemplateFacts, r: Renderer, pair: list[dict], pair_text: str,
+                       user_text: str) -> None:
+    """With a second exchange after the first: whether earlier turns render differently (and
+    drop reasoning), the user header, and the preamble before the first user turn."""
+    four = pair + [message("user", PROBE_USER_2), message("assistant", PROBE_ASSISTANT_2)]
     try:
         four_text = r.text(four)
         if not four_text.startswith(pair_text):
@@ -177,16 +203,21 @@ def learn(tokenizer, renderer: Renderer | None = None) -> TemplateFacts:
     if f.user_header and prefix.endswith(f.user_header):
         f.preamble = prefix[:len(prefix) - len(f.user_header)]
 
-    thinking = [_msg("user", PROBE_USER),
-                _msg("assistant", f"<think>\n{PROBE_REASONING}\n</think>\n\n{PROBE_ASSISTANT}"),
-                _msg("user", PROBE_USER_2), _msg("assistant", PROBE_ASSISTANT_2)]
+    thinking = [message("user", PROBE_USER),
+                message("assistant",
+                        f"<think>\n{PROBE_REASONING}\n</think>\n\n{PROBE_ASSISTANT}"),
+                message("user", PROBE_USER_2), message("assistant", PROBE_ASSISTANT_2)]
     try:
         f.drops_reasoning = PROBE_REASONING not in r.text(thinking)
     except Exception:  # noqa: BLE001 - only a description; rendering errors show per record
         pass
 
+
+def _learn_refusals(f: TemplateFacts, r: Renderer, tokenizer, pair: list[dict]) -> None:
+    """Whether the template takes a system message (and what closes it), and two user turns
+    in a row."""
     try:
-        sys_text = r.text([_msg("system", PROBE_SYSTEM)] + pair)
+        sys_text = r.text([message("system", PROBE_SYSTEM)] + pair)
         if PROBE_SYSTEM not in sys_text:
             f.system_error = "the template drops the system message"
         else:
@@ -195,21 +226,10 @@ def learn(tokenizer, renderer: Renderer | None = None) -> TemplateFacts:
     except Exception as exc:  # noqa: BLE001
         f.system_error = one_line(exc)
     try:
-        r.text([_msg("user", PROBE_USER), _msg("user", PROBE_USER_2),
-                _msg("assistant", PROBE_ASSISTANT)])
+        r.text([message("user", PROBE_USER), message("user", PROBE_USER_2),
+                message("assistant", PROBE_ASSISTANT)])
     except Exception as exc:  # noqa: BLE001
         f.alternation_error = one_line(exc)
-
-    f.emits_bos = bool(f.bos_token) and pair_text.startswith(f.bos_token)
-    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
-    without = tokenizer("a", add_special_tokens=False)["input_ids"]
-    f.adds_bos = (f.bos_id is not None and len(with_special) > len(without)
-                  and with_special[0] == f.bos_id)
-    f.adds_eos = (f.eos_id is not None and len(with_special) > len(without)
-                  and with_special[-1] == f.eos_id)
-    if f.assistant_header is None:
-        f.problems.append("no assistant header could be learned from the template")
-    return f
 
 
 def _first_control_token(tokenizer, text: str) -> tuple[str | None, str]:

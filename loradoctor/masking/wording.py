@@ -64,3 +64,8 @@ def turns_missed(whole: int, partly: int, tails: int) -> str:
 def tally(counts: Mapping[str, int]) -> str:
     """`5 user, 2 template`: each kind with its count, the most first."""
     return ", ".join(f"{v} {k}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def quote(text: str, limit: int = 60) -> str:
+    """`text` quoted (its repr), cut after `limit` characters with `...`."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")

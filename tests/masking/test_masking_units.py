@@ -7,7 +7,7 @@ import torch
 
 from loradoctor.errors import InputError
 from loradoctor.masking import scan as scan_module
-from loradoctor.masking.compare import effective_labels
+from loradoctor.masking.alignment import effective_labels
 from loradoctor.masking.markers import none_builders
 from loradoctor.masking.oracle import Oracle
 from loradoctor.masking.scan import DataStats, Lines, scan
