@@ -51,7 +51,7 @@ def main() -> None:
     from loradoctor import assets, engine, registry
     from loradoctor.inputs import pretrained
     from loradoctor.context import DatasetContext
-    from loradoctor.masking.fuzz_search import _no_local_constants, run
+    from loradoctor.masking.fuzz_search import no_local_constants, run
     from loradoctor.masking.oracle import Oracle
     from loradoctor.inputs.user_dataset import UserData
     from loradoctor.strategies import conversations
@@ -67,7 +67,7 @@ def main() -> None:
     def collect(conversation) -> bool:
         drawn.append(conversation)
         return False
-    with _no_local_constants():
+    with no_local_constants():
         try:
             find(conversations(template=tokenizer), collect, random=Random("0:0"),
                  settings=settings(max_examples=args.n, database=None, deadline=None,

@@ -155,11 +155,6 @@ def run(user: UserData, oracle: Oracle, markers: list[Marker], *, n: int, seed: 
 
     `right`: rules whose pattern is right for this run's model (LD106's hand shift for a model
     that does not shift labels itself), so a conversation showing it breaks nothing."""
-    from random import Random
-
-    from hypothesis import HealthCheck, Phase, Verbosity, find, reject, settings
-    from hypothesis.errors import NoSuchExample, Unsatisfiable
-
     from ..strategies import conversations, records
 
     start = time.perf_counter()
@@ -169,25 +164,58 @@ def run(user: UserData, oracle: Oracle, markers: list[Marker], *, n: int, seed: 
     else:
         strategy = conversations(template=oracle.tokenizer)
     folder = Path(tempfile.mkdtemp(prefix="loradoctor-fuzz-"))
-    feeder = Feeder(user, shape, suffix, max_length, folder)
+    judge = Judge(oracle, Feeder(user, shape, suffix, max_length, folder), markers, structure,
+                  right)
     home = _hypothesis_home(folder / "hypothesis")
-    covered = set(known)
-    state = {"phase": "generate", "calls": 0}
+    try:
+        _search(result, strategy, judge, advance)
+    finally:
+        home.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    result.duration_s = time.perf_counter() - start
+    return result
 
-    def judge(conversation: list[dict], views: int = 0) -> Verdict | None:
+
+@dataclass
+class Judge:
+    """Judges one generated conversation: the oracle's truth against the user's labels."""
+
+    oracle: Oracle
+    feeder: Feeder
+    markers: list[Marker]
+    structure: Any  # the StructureOracle, or None
+    right: frozenset[str]  # rules whose pattern is right for this run's model
+
+    def __call__(self, conversation: list[dict], views: int = 0) -> Verdict | None:
+        """The rules the conversation breaks; None when it cannot be judged (the template
+        refuses it, or the oracle cannot place a reply)."""
+        oracle = self.oracle
         sample = oracle.sample(conversation)
         if isinstance(sample, Truth) or sample.truth.unlocated:
             return None
         try:
-            one, item = feeder.item(conversation)
+            one, item = self.feeder.item(conversation)
         except (InputError, _ItemCount) as exc:
             return Verdict([RAISES], error=str(exc), tokens=sample.n_tokens)
-        comparer = Comparer(oracle.facts, one, markers, oracle.tokenizer, views,
-                            **({"structure": structure} if structure is not None else {}))
+        comparer = Comparer(oracle.facts, one, self.markers, oracle.tokenizer, views,
+                            **({"structure": self.structure} if self.structure is not None
+                               else {}))
         comparer.add(1, "a generated conversation", item, sample)
         c = comparer.result
-        return Verdict([code for code in broken(c) if code not in right], c,
+        return Verdict([code for code in broken(c) if code not in self.right], c,
                        tokens=sample.n_tokens)
+
+
+def _search(result: FuzzResult, strategy, judge: Judge, advance: Callable[[int], None]) -> None:
+    """Up to `MAX_FAILURES` rounds of hypothesis's `find`, each after a conversation that breaks
+    a rule not yet covered, shrunk; what each finds goes into `result.failures`."""
+    from random import Random
+
+    from hypothesis import HealthCheck, Phase, Verbosity, find, reject, settings
+    from hypothesis.errors import NoSuchExample, Unsatisfiable
+
+    covered = set(result.known)
+    state = {"phase": "generate", "calls": 0}
 
     def breaks_something_new(conversation: list[dict]) -> bool:
         if state["phase"] == "generate":
@@ -206,35 +234,30 @@ def run(user: UserData, oracle: Oracle, markers: list[Marker], *, n: int, seed: 
             state["first_hit"] = result.tried
         return hit
 
-    try:
-        for round_ in range(MAX_FAILURES):
-            budget = n - result.tried
-            if budget <= 0:
-                break
-            state["phase"] = "generate"
-            chosen = settings(max_examples=budget, database=None, derandomize=False,
-                              deadline=None, verbosity=Verbosity.quiet, print_blob=False,
-                              phases=(Phase.generate, Phase.shrink),
-                              suppress_health_check=list(HealthCheck))
-            try:
-                with _quiet(), _no_local_constants():
-                    conversation = find(strategy, breaks_something_new, settings=chosen,
-                                        random=Random(f"{seed}:{round_}"))
-            except (NoSuchExample, Unsatisfiable):
-                break
-            verdict = judge(conversation, views=1)
-            if verdict is None:  # cannot happen: find() returns an example the condition held for
-                break
-            result.failures.append(Failure(
-                verdict.codes, conversation, _record(conversation, shape), verdict.comparison,
-                verdict.error, verdict.tokens, state.get("first_hit", result.tried),
-                dict(verdict.comparison.views) if verdict.comparison is not None else {}))
-            covered |= set(verdict.codes)
-    finally:
-        home.close()
-        shutil.rmtree(folder, ignore_errors=True)
-    result.duration_s = time.perf_counter() - start
-    return result
+    for round_ in range(MAX_FAILURES):
+        budget = result.requested - result.tried
+        if budget <= 0:
+            break
+        state["phase"] = "generate"
+        chosen = settings(max_examples=budget, database=None, derandomize=False,
+                          deadline=None, verbosity=Verbosity.quiet, print_blob=False,
+                          phases=(Phase.generate, Phase.shrink),
+                          suppress_health_check=list(HealthCheck))
+        try:
+            with _quiet(), no_local_constants():
+                conversation = find(strategy, breaks_something_new, settings=chosen,
+                                    random=Random(f"{result.seed}:{round_}"))
+        except (NoSuchExample, Unsatisfiable):
+            break
+        verdict = judge(conversation, views=1)
+        if verdict is None:  # cannot happen: find() returns an example the condition held for
+            break
+        result.failures.append(Failure(
+            verdict.codes, conversation, _record(conversation, result.shape),
+            verdict.comparison, verdict.error, verdict.tokens,
+            state.get("first_hit", result.tried),
+            dict(verdict.comparison.views) if verdict.comparison is not None else {}))
+        covered |= set(verdict.codes)
 
 
 def _as_conversation(record: dict) -> list[dict]:
@@ -263,7 +286,7 @@ def _hypothesis_home(folder: Path) -> contextlib.ExitStack:
 
 
 @contextlib.contextmanager
-def _no_local_constants():
+def no_local_constants():
     """Draw the same conversations for a seed in every process.
 
     Hypothesis also draws string and number constants that it reads from the source of the
