@@ -30,7 +30,7 @@ import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..errors import InputError
 from .records import normalise_record, parse_line, read_records
@@ -93,37 +93,41 @@ def count(data: str | Path) -> int:
 
 def records(data: str | Path, start: int = 0, stop: int | None = None):
     """The records of DATA whose index lies in [start, stop) (all of them by default)."""
-    if is_table(data):
-        yield from open_source(data).records(start, stop)
-    elif start == 0 and stop is None:
-        yield from read_records(data)
-    elif Path(data).suffix == ".json":
-        yield from itertools.islice(read_records(data), start, stop)
-    else:
-        for line_no, raw in _jsonl_lines(Path(data), start, stop):
-            yield parse_line(str(data), line_no, raw)
+    return _entries(data, start, stop, "records", read_records,
+                    lambda n, raw: parse_line(str(data), n, raw))
 
 
 def rows(data: str | Path, start: int = 0, stop: int | None = None):
     """The token rows of DATA (`--tokenized`) whose index lies in [start, stop)."""
+    return _entries(data, start, stop, "rows", file_rows, lambda n, raw: _line_row(data, n, raw))
+
+
+def _entries(data: str | Path, start: int, stop: int | None, table_reader: str,
+             read_file: Callable[[str | Path], Iterator], parse_line_at: Callable) -> Iterator:
+    """The entries of DATA with index in [start, stop), read lazily: a table's by its reader
+    method `table_reader`, a whole file by `read_file`, a `.json` list's sliced from it, and
+    a share of a JSON Lines file line by line (`parse_line_at(line number, raw line)`)."""
     if is_table(data):
-        yield from open_source(data).rows(start, stop)
+        yield from getattr(open_source(data), table_reader)(start, stop)
     elif start == 0 and stop is None:
-        yield from file_rows(data)
+        yield from read_file(data)
     elif Path(data).suffix == ".json":
-        yield from itertools.islice(file_rows(data), start, stop)
+        yield from itertools.islice(read_file(data), start, stop)
     else:
-        for n, raw in _jsonl_lines(Path(data), start, stop):
-            where = f"{data}:{n}"
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                yield Row(n, where, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})")
-                continue
-            except json.JSONDecodeError as exc:
-                yield Row(n, where, None, f"not valid JSON ({exc.msg}, column {exc.colno})")
-                continue
-            yield to_row(obj, n, where)
+        for line_no, raw in _jsonl_lines(Path(data), start, stop):
+            yield parse_line_at(line_no, raw)
+
+
+def _line_row(data: str | Path, n: int, raw: bytes) -> Row:
+    """The token row on line `n` of a JSON Lines file (or why it is not one)."""
+    where = f"{data}:{n}"
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return Row(n, where, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})")
+    except json.JSONDecodeError as exc:
+        return Row(n, where, None, f"not valid JSON ({exc.msg}, column {exc.colno})")
+    return to_row(obj, n, where)
 
 
 def _jsonl_lines(p: Path, start: int, stop: int | None) -> Iterator[tuple[int, bytes]]:
