@@ -94,7 +94,7 @@ def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, datas
             fuzz: int = 0, seed: int = 0, show: int = 3, workers: int = 1,
             fp16_headroom: float = 4.0, command: str | None = None,
             shard: str | tuple[int, int] | None = None, static: bool = False,
-            offload: bool | dict | str | None = None) -> Run:
+            offload: bool | dict | str | None = None, quantize: str | None = None) -> Run:
     """Check and load the inputs (raising `InputError` for what cannot be read) and choose rules.
 
     `command` is one of `check-dataset`, `check-model`, `check-adapter` (the CLI's); without
@@ -114,6 +114,11 @@ def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, datas
     accelerate's `max_memory`, `{"cpu": "8GB"}` / `"cpu=8GB"`) loads the model directory with
     `device_map="auto"` over GPU, CPU and disk instead, so the value rules run on a model
     larger than one device (`model/offload.py`).
+
+    `quantize` (`"4bit"` or `"8bit"`) loads the model directory quantized by bitsandbytes as
+    QLoRA guides do (4-bit NF4 computing in bf16, or 8-bit); with `peft`,
+    `prepare_model_for_kbit_training` runs before `get_peft_model`. A live model already
+    quantized is recognised as it is and needs no argument.
     """
     from . import registry
 
@@ -147,6 +152,7 @@ def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, datas
                                             apply_args, peft, dtypes, device, train_steps,
                                             freeze_base, fp16_headroom, keep, model_args)
                 ctx.static = bool(static)
+                _set_quantize(ctx, quantize, offload)
                 if offload is not None and offload is not False:
                     from .model.offload import parse_max_memory
                     ctx.offload = parse_max_memory(offload)
@@ -401,6 +407,20 @@ def _model_context(model, tokenizer, data, apply, apply_args, peft, dtypes, devi
         f"peft {peft}" if peft is not None else
         "as given" if ctx.model_given is not None else "no adapter code")
     return ctx, f"check-model · {_name(model)} · {what}"
+
+
+def _set_quantize(ctx, quantize: str | None, offload: Any) -> None:
+    """`quantize` on a model context: for a model directory, and not with --offload."""
+    from .inputs.pretrained import check_quantize
+
+    ctx.quantize = check_quantize(quantize)
+    if quantize is None:
+        return
+    if ctx.model_dir is None:
+        raise InputError(f"--quantize {quantize}: loads a model directory; a model object or "
+                         f"your model code is checked as it is (quantize it yourself)")
+    if offload is not None and offload is not False:
+        raise InputError("--quantize and --offload: give one of them, not both")
 
 
 def _adapter_context(adapter, model, apply, device, model_args=None):

@@ -57,6 +57,8 @@ class ModelContext(ModelSource):
     # `--offload`: loaded with accelerate's device_map="auto" over GPU, CPU and disk; the dict
     # is accelerate's max_memory ({} lets accelerate decide); None: loaded whole on `device`.
     offload: dict | None = None
+    # `--quantize 4bit|8bit`: the model directory loaded quantized by bitsandbytes (QLoRA).
+    quantize: str | None = None
 
     @property
     def model_name(self) -> str:

@@ -30,7 +30,8 @@ class ModelSource(Memo):
             from ..model.user_model import build
             return copy.deepcopy(self.memo("pristine", lambda: build(
                 self.model_spec, self.model_args, self.device, self.seed)))
-        return pretrained.load_model(self.model_dir, "fp32", self.device)
+        return pretrained.load_model(self.model_dir, "fp32", self.device,
+                                     getattr(self, "quantize", None))
 
     @property
     def base_model(self):

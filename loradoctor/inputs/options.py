@@ -136,6 +136,10 @@ OPTIONS: tuple[Option, ...] = (
            "GPU, CPU and disk, so the value rules run on a model larger than one device; "
            "optionally accelerate's max_memory as cpu=8GB,0=20GB", (MODEL,),
            metavar="MAX_MEMORY"),
+    Option("quantize", "str", "load the model directory quantized by bitsandbytes, as QLoRA "
+           "guides do: 4bit (NF4, bf16 compute) or 8bit; with --peft, "
+           "prepare_model_for_kbit_training runs before get_peft_model", (MODEL,),
+           metavar="4bit|8bit"),
     Option("fp16-headroom", "float", "warn (LD302) when an fp32 activation is within X times "
            "fp16's limit 65504 (default 4)", (MODEL,), metavar="X", default=4.0),
 )

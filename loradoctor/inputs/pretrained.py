@@ -1,7 +1,8 @@
 """Local Hugging Face directories: models and tokenizers, never fetched from a hub.
 
 Each function returns what was asked for or raises `InputError` with one line that names the
-directory (missing, a file, a hub id, a loader failure).
+directory (missing, a file, a hub id, a loader failure). `load_model(..., quantize="4bit")`
+loads a QLoRA base the way QLoRA guides do (bitsandbytes, imported only then).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from ..text import one_line
 
 DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
           "half": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16"}
+
+# `--quantize`: the bitsandbytes settings QLoRA guides load a base with.
+QUANTIZE = ("4bit", "8bit")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -72,20 +76,77 @@ def resolve_device(name: str = "auto") -> str:
     return name
 
 
-def load_model(path: str | Path, dtype: str = "fp32", device: str = "cpu"):
-    """A causal LM from a local directory, in `dtype` on `device`, in eval mode."""
+def load_model(path: str | Path, dtype: str = "fp32", device: str = "cpu",
+               quantize: str | None = None):
+    """A causal LM from a local directory, in `dtype` on `device`, in eval mode.
+
+    With `quantize` ("4bit" or "8bit") its Linear layers are quantized by bitsandbytes as they
+    load (`quantization_config`), placed on `device` by `device_map`: a quantized model cannot
+    be moved afterwards. `dtype` is then the dtype of the layers left unquantized.
+    """
     from transformers import AutoModelForCausalLM
 
     d = local_dir(path, "model")
     if not (d / "config.json").exists():
         raise InputError(f"model {path}: no config.json, not a Hugging Face model directory")
+    placement = {}
+    if quantize is not None:
+        placement = {"quantization_config": quantization_config(quantize),
+                     "device_map": {"": device}}
     try:
         model = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch_dtype(dtype),
-                                                     local_files_only=True)
+                                                     local_files_only=True, **placement)
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"model {path}: cannot be loaded: {one_line(exc)}"
-                         f"{own_class_hint(d)}") from exc
-    return model.to(device).eval()
+        raise InputError(f"model {path}: cannot be loaded{_quantized(quantize)}: "
+                         f"{one_line(exc)}{own_class_hint(d)}") from exc
+    return (model if quantize is not None else model.to(device)).eval()
+
+
+def _quantized(quantize: str | None) -> str:
+    return f" in {quantize}" if quantize is not None else ""
+
+
+def check_quantize(value: str | None) -> str | None:
+    """`--quantize` as given ("4bit", "8bit", or None), or an InputError naming the choices."""
+    if value is None or value in QUANTIZE:
+        return value
+    raise InputError(f"--quantize {value!r}: expected one of {', '.join(QUANTIZE)}")
+
+
+def quantization_config(quantize: str):
+    """The `BitsAndBytesConfig` QLoRA guides load a base with: 4-bit NF4 computing in bf16,
+    or 8-bit (`load_in_8bit`)."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    check_quantize(quantize)
+    import_bitsandbytes()
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def import_bitsandbytes():
+    """The `bitsandbytes` module, imported once, or an InputError saying how to install it.
+
+    On a CPU with AVX512-BF16 its import looks for an optional kernel on the Hugging Face hub
+    and logs a warning when it cannot fetch it (always, offline); bitsandbytes then uses its
+    own kernel, so the warning is kept out of the report.
+    """
+    import importlib
+    import logging
+
+    quiet = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        return importlib.import_module("bitsandbytes")
+    except ImportError as exc:
+        raise InputError("--quantize needs bitsandbytes: pip install 'loradoctor[qlora]' "
+                         f"({one_line(exc)})") from exc
+    finally:
+        quiet.setLevel(level)
 
 
 def own_class_hint(d: Path) -> str:
