@@ -21,7 +21,8 @@ TOOL_RULES: list[Rule] = list(tool.RULES)
 # `--fuzz` failures land under the masking rule they break (checks/fuzz.py), hence the wrap.
 DATASET_RULES: list[Rule] = [*records.RULES, *fuzz.with_fuzz(masking.RULES), *labels.RULES,
                              *fuzz.RULES]
-MODEL_RULES: list[Rule] = [*wiring.RULES, *initialisation.RULES, *numerics.RULES, *persistence.RULES]
+MODEL_RULES: list[Rule] = [*wiring.RULES, *initialisation.RULES, *numerics.RULES,
+                           *persistence.RULES]
 ADAPTER_RULES: list[Rule] = list(saved_adapter.RULES)  # check-adapter: the saved artifact
 # Read step by step while training runs (watchdog.py), not by a check-* command.
 WATCH_RULES: list[Rule] = list(training_run.RULES)
@@ -50,7 +51,8 @@ def parse_codes(text: str | None) -> list[str]:
 
 def select(rules: list[Rule], select: list[str] | None = None,
            ignore: list[str] | None = None) -> list[Rule]:
-    """Keep rules whose code starts with a `select` prefix (all if none), minus `ignore` prefixes."""
+    """Keep rules whose code starts with a `select` prefix (all if none), minus `ignore`
+    prefixes."""
     for prefix in [*(select or []), *(ignore or [])]:
         if not prefix.startswith("LD") or not prefix[2:].isdigit() and prefix[2:]:
             raise InputError(f"code prefix {prefix!r}: expected LD followed by digits (LD1, LD401)")

@@ -2,8 +2,9 @@
 zero, gradient flow after one real backward, the effective scaling, and (with
 `--train-steps N`) a short real training run.
 
-The measurements are shared (`measure.adapted_forward`, `measure.gradients`,
-`measure.module_probe`); the training run is this family's own and restores what it trained.
+The measurements are shared (`model/identity.py`, `model/gradients.py`,
+`model/layer_probe.py`); the training run (`model/training.short_run`) is this family's own and
+restores what it trained.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 
 from ..findings import Curve, Severity
 from ..rules import Outcome, SkipCheck, rule
+from ..text import capped
 
 # torch and the measurements are imported inside the checks: importing the registry (for
 # `loradoctor rules`, check-dataset) must stay light.
@@ -21,10 +23,16 @@ SCALING_MISMATCH = 0.01          # |measured / declared - 1| above this is a mis
 MAX_NAMED = 4                    # layers named in one message
 
 
-def _names(items, key=lambda a: a.name) -> str:
-    names = [key(x) for x in items]
-    head = ", ".join(names[:MAX_NAMED])
-    return head + (f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else "")
+def _names(adapters) -> str:
+    """`a, b, c, d and 3 more`: the adapters' layer names, capped."""
+    return capped((a.name for a in adapters), MAX_NAMED)
+
+
+def _about(rule, adapters, message: str, *, fix: str | None = None,
+           severity: Severity | None = None, evidence: dict | None = None):
+    """A finding about these adapters: at the first one, with every name in its evidence."""
+    return rule.finding(message, location=adapters[0].name, fix=fix, severity=severity,
+                        evidence={"modules": [a.name for a in adapters], **(evidence or {})})
 
 
 def _is_zero(t) -> bool:
@@ -136,20 +144,19 @@ def dead_adapter(ctx) -> Outcome:
     a_only = [a for a in adapters if _is_zero(a.A) and not _is_zero(a.B)]
     findings = []
     if both:
-        findings.append(dead_adapter.finding(
+        findings.append(_about(
+            dead_adapter, both,
             f"A and B are both zero in {len(both)} of {len(adapters)} adapters ({_names(both)}): "
             f"B's gradient is s * grad @ (A x)^T = 0 and A's is s * B^T @ grad = 0, so these "
-            f"adapters never train", location=both[0].name,
-            evidence={"modules": [a.name for a in both]},
+            f"adapters never train",
             fix="initialise A randomly (kaiming_uniform_) and only B to zero; do not re-run "
                 "an init that zeroes every Linear after attaching the adapters"))
     if a_only:
-        findings.append(dead_adapter.finding(
+        findings.append(_about(
+            dead_adapter, a_only,
             f"A is zero in {len(a_only)} of {len(adapters)} adapters ({_names(a_only)}) while B is "
             f"not: still an identity start; B gets its gradient once A has moved (the reverse "
-            f"of the usual init, and PEFT's init for embeddings)",
-            location=a_only[0].name, severity=Severity.INFO,
-            evidence={"modules": [a.name for a in a_only]}))
+            f"of the usual init, and PEFT's init for embeddings)", severity=Severity.INFO))
     a_max = max(float(a.A.detach().abs().max()) for a in adapters)
     summary = (f"A is zero in {len(both) + len(a_only)} of {len(adapters)} adapters" if findings
                else f"A is non-zero in every adapter (max |A| {a_max:.3g})")
@@ -261,59 +268,24 @@ def no_gradient_flow(ctx) -> Outcome:
     half = [a for a in adapters if a not in frozen
             and not (a.A.requires_grad and a.B.requires_grad)]
     if frozen:
-        findings.append(no_gradient_flow.finding(
+        findings.append(_about(
+            no_gradient_flow, frozen,
             f"{len(frozen)} of {len(adapters)} adapters have factors with requires_grad=False "
-            f"({_names(frozen)}): they never train", location=frozen[0].name,
-            evidence={"modules": [a.name for a in frozen]},
+            f"({_names(frozen)}): they never train",
             fix="freeze the base before attaching the adapters, not after"))
     if half:
         which = "A" if not half[0].A.requires_grad else "B"
         other = "B" if which == "A" else "A"
-        findings.append(no_gradient_flow.finding(
+        findings.append(_about(
+            no_gradient_flow, half,
             f"{which} has requires_grad=False in {len(half)} of {len(adapters)} adapters "
             f"({_names(half)}) while {other} trains: only {other} learns, against a fixed "
             f"{which}" + (" (as LoRA-FA does on purpose)" if which == "A" else ""),
-            location=half[0].name, severity=Severity.WARNING,
-            evidence={"modules": [a.name for a in half], "frozen_factor": which},
+            severity=Severity.WARNING, evidence={"frozen_factor": which},
             fix=f"set requires_grad = True on {which} too, unless a frozen {which} is what you "
                 f"mean"))
     live = [a for a in adapters if a not in frozen]
-    b_none = [a for a in live if a.B.requires_grad and gr.grad_max.get(id(a.B)) is None]
-    b_zero = [a for a in live if a.B.requires_grad and a not in b_none
-              and not gr.grad_max.get(id(a.B))
-              and not _is_zero(a.A)]
-    a_none = [a for a in live if gr.grad_max.get(id(a.A)) is None and a not in b_none
-              and a.A.requires_grad]
-    if b_none:
-        findings.append(no_gradient_flow.finding(
-            f"no gradient reaches {len(b_none)} of {len(adapters)} adapters ({_names(b_none)}): "
-            f"they are outside the computation graph (detached, under torch.no_grad, never "
-            f"called, or behind reentrant gradient checkpointing without input gradients)",
-            location=b_none[0].name, evidence={"modules": [a.name for a in b_none]},
-            fix="compute the adapter inside the graph (no .detach() or torch.no_grad() in "
-                "forward); with gradient checkpointing call model.enable_input_require_grads()"))
-    if b_zero:
-        findings.append(no_gradient_flow.finding(
-            f"B's gradient is exactly zero in {len(b_zero)} of {len(adapters)} adapters "
-            f"({_names(b_zero)}) although A is not zero", location=b_zero[0].name,
-            evidence={"modules": [a.name for a in b_zero]},
-            fix="check that the adapter's output reaches the loss (gradient checkpointing "
-                "needs model.enable_input_require_grads())"))
-    if a_none:
-        findings.append(no_gradient_flow.finding(
-            f"A is outside the graph in {len(a_none)} of {len(adapters)} adapters "
-            f"({_names(a_none)}): it will never get a gradient, even after B moves, so only B "
-            f"learns", location=a_none[0].name, severity=Severity.WARNING,
-            evidence={"modules": [a.name for a in a_none]},
-            fix="do not detach A's output inside the adapter"))
-    unregistered = [a for a in adapters if not a.registered]
-    if unregistered:
-        findings.append(no_gradient_flow.finding(
-            f"{len(unregistered)} adapters are not registered in the model ({_names(unregistered)}):"
-            f" an optimizer built from model.parameters() never updates them",
-            location=unregistered[0].name, evidence={"modules": [a.name for a in unregistered]},
-            fix="assign the adapter as a module attribute (module.lora = lora) or keep them in "
-                "an nn.ModuleList, not a Python list or a closure"))
+    findings += _outside_the_graph(adapters, live, gr)
     # Base parameters get a gradient only when they require one: that is the unfrozen base,
     # reported once by LD210; here it is only counted.
     b_ok = [a for a in live if gr.grad_max.get(id(a.B))]
@@ -326,6 +298,40 @@ def no_gradient_flow(ctx) -> Outcome:
     if gr.loss is not None and not math.isfinite(gr.loss):
         summary += f" (loss {gr.loss})"
     return Outcome(findings, summary=summary)
+
+
+def _outside_the_graph(adapters, live, gr) -> list:
+    """LD404 on the adapters that can train (`live`) but that the backward does not reach, and
+    on adapters an optimizer built from `model.parameters()` cannot see."""
+    b_none = [a for a in live if a.B.requires_grad and gr.grad_max.get(id(a.B)) is None]
+    b_zero = [a for a in live if a.B.requires_grad and a not in b_none
+              and not gr.grad_max.get(id(a.B))
+              and not _is_zero(a.A)]
+    a_none = [a for a in live if gr.grad_max.get(id(a.A)) is None and a not in b_none
+              and a.A.requires_grad]
+    unregistered = [a for a in adapters if not a.registered]
+    n = len(adapters)
+    cases = [
+        (b_none, f"no gradient reaches {len(b_none)} of {n} adapters ({_names(b_none)}): they "
+                 f"are outside the computation graph (detached, under torch.no_grad, never "
+                 f"called, or behind reentrant gradient checkpointing without input gradients)",
+         None, "compute the adapter inside the graph (no .detach() or torch.no_grad() in "
+               "forward); with gradient checkpointing call model.enable_input_require_grads()"),
+        (b_zero, f"B's gradient is exactly zero in {len(b_zero)} of {n} adapters "
+                 f"({_names(b_zero)}) although A is not zero",
+         None, "check that the adapter's output reaches the loss (gradient checkpointing "
+               "needs model.enable_input_require_grads())"),
+        (a_none, f"A is outside the graph in {len(a_none)} of {n} adapters ({_names(a_none)}): "
+                 f"it will never get a gradient, even after B moves, so only B learns",
+         Severity.WARNING, "do not detach A's output inside the adapter"),
+        (unregistered, f"{len(unregistered)} adapters are not registered in the model "
+                       f"({_names(unregistered)}): an optimizer built from model.parameters() "
+                       f"never updates them",
+         None, "assign the adapter as a module attribute (module.lora = lora) or keep them in "
+               "an nn.ModuleList, not a Python list or a closure"),
+    ]
+    return [_about(no_gradient_flow, group, message, severity=severity, fix=fix)
+            for group, message, severity, fix in cases if group]
 
 
 @rule("LD405", "unusual-lora-scaling", command="model", severity=Severity.WARNING,
@@ -385,22 +391,22 @@ def unusual_lora_scaling(ctx) -> Outcome:
         if decl and meas is not None and abs(meas / decl - 1) > SCALING_MISMATCH:
             mismatch.append((a, decl, meas))
     if zero:
-        findings.append(unusual_lora_scaling.finding(
+        findings.append(_about(
+            unusual_lora_scaling, zero,
             f"the scaling is 0 in {len(zero)} of {len(adapters)} adapters ({_names(zero)}; "
             f"{zero[0].scaling_source or 'measured'}): the adapters add nothing and get no "
-            f"gradient", location=zero[0].name, severity=Severity.ERROR,
-            evidence={"modules": [a.name for a in zero]},
+            f"gradient", severity=Severity.ERROR,
             fix="compute scaling = alpha / rank with true division"))
     if negative:
-        findings.append(unusual_lora_scaling.finding(
+        findings.append(_about(
+            unusual_lora_scaling, negative,
             f"the scaling is negative in {len(negative)} adapters ({_names(negative)})",
-            location=negative[0].name, evidence={"modules": [a.name for a in negative]},
             fix="use a positive alpha"))
     if far:
         a, eff = far[0]
         findings.append(unusual_lora_scaling.finding(
-            f"the scaling alpha / r is {eff:.4g} in {len(far)} adapters ({_names(far, lambda x: x[0].name)}"
-            f"; r={a.rank}), far outside what the field uses ({FIELD_SCALING[0]:.3g} to "
+            f"the scaling alpha / r is {eff:.4g} in {len(far)} adapters "
+            f"({_names(x for x, _ in far)}; r={a.rank}), far outside what the field uses ({FIELD_SCALING[0]:.3g} to "
             f"{FIELD_SCALING[1]:g}; alpha = r or 2r gives 1 or 2)", location=a.name,
             evidence={"modules": {x.name: s for x, s in far}},
             fix="set alpha to r or 2r (or use rsLoRA's alpha / sqrt(r) on purpose)"))
@@ -449,39 +455,15 @@ def no_training_signal(ctx) -> Outcome:
     Fix what the other LD2xx/LD4xx findings point at, then run again: the loss falls and every
     adapter changes.
     """
-    import torch
-
-    from ..model.convention import call
-    from ..model.convention import loss as loss_of
     from ..model.layer_probe import module_probe
-    from ..model.shared import adapters_or_skip, discovery
-    from ..model.safety import preserved
-    from ..model.training import TRAIN_LR, train
+    from ..model.shared import adapters_or_skip
+    from ..model.training import TRAIN_LR, short_run
     steps = ctx.train_steps
     if not steps or steps <= 0:
         raise SkipCheck("pass --train-steps N to run N real optimizer steps")
     adapters = adapters_or_skip(ctx)
-    model = ctx.adapted
-    disc = discovery(ctx)
-    adapter_ids = disc.adapter_param_ids()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    factors = [t for a in adapters for t in a.tensors()]
-    before = {id(t): t.detach().clone() for t in factors}
-    base = [(n, p) for n, p in model.named_parameters() if id(p) not in adapter_ids]
-    fingerprint = {n: _fingerprint(p) for n, p in base}
-    with preserved(model, [*trainable, *factors], seed=ctx.seed):
-        run = train(model, ctx.probe, steps, convention=ctx.convention)
-        final = None
-        if run.error is None and run.losses:
-            with torch.no_grad():
-                out = call(model, ctx.probe, ctx.convention, labels=True)
-                final = float(loss_of(out, ctx.probe, ctx.convention).detach())
-        changed_b = [a for a in adapters if not torch.equal(a.B.detach(), before[id(a.B)])]
-        changed_a = [a for a in adapters if not torch.equal(a.A.detach(), before[id(a.A)])]
-        changed = [a for a in adapters if a in changed_a or a in changed_b]
-        base_changed = [n for n, p in base if _fingerprint(p) != fingerprint[n]]
-    trainable_names = {n for n, p in model.named_parameters() if p.requires_grad}
-    curve = [*run.losses, *([final] if final is not None else [])]
+    trained = short_run(ctx, adapters, steps)
+    run, curve = trained.run, trained.curve
     findings = []
     if run.error:
         aliased = [v for v in module_probe(ctx).verdicts if v.aliased]
@@ -490,55 +472,61 @@ def no_training_signal(ctx) -> Outcome:
             f"training crashed at {run.error}{why}", evidence={"error": run.error,
                                                                "losses": run.losses},
             fix="fix the wiring findings (LD2xx) first"))
-    elif not all(math.isfinite(x) for x in curve):
-        bad = next(i for i, x in enumerate(curve) if not math.isfinite(x))
+        return Outcome(findings, summary=f"training crashed at {run.error}",
+                       views=_loss_curve(steps, curve))
+    findings += _loss_findings(trained, steps)
+    unchanged = [a for a in adapters if a not in trained.changed]
+    if unchanged:
+        findings.append(_about(
+            no_training_signal, unchanged,
+            f"{len(unchanged)} of {len(adapters)} adapters did not change in {steps} AdamW "
+            f"steps ({_names(unchanged)})",
+            fix="see LD402/LD404: these adapters get no gradient or are not in the optimizer"))
+    frozen_changed = trained.frozen_changed
+    if frozen_changed:  # trainable base tensors that move are LD210's unfrozen base
         findings.append(no_training_signal.finding(
+            f"{len(frozen_changed)} frozen base tensors changed during training (e.g. "
+            f"{frozen_changed[0]}): something writes to them outside the optimizer",
+            location=frozen_changed[0], evidence={"tensors": frozen_changed[:50]},
+            fix="keep in-place writes to base weights out of the forward and the loop"))
+    base_changed = trained.base_changed
+    summary = (f"{steps} AdamW steps (lr {TRAIN_LR:g}): loss {curve[0]:.4f} -> "
+               f"{curve[-1]:.4f}; {len(trained.changed)} of {len(adapters)} adapters changed"
+               + (" (A after the first update)" if steps == 1 and not trained.changed_a else "")
+               + ("; base unchanged" if not base_changed else
+                  f"; {len(base_changed)} base tensors changed"
+                  + ("" if frozen_changed else " (the base is not frozen: LD210)")))
+    ctx.summary["train_losses"] = curve
+    return Outcome(findings, summary=summary, views=_loss_curve(steps, curve))
+
+
+def _loss_findings(trained, steps: int) -> list:
+    """LD406 on the loss curve: a loss that turns non-finite, does not move, or rises."""
+    from ..model.training import TRAIN_LR
+    curve, final = trained.curve, trained.final
+    if not all(math.isfinite(x) for x in curve):
+        bad = next(i for i, x in enumerate(curve) if not math.isfinite(x))
+        return [no_training_signal.finding(
             f"the loss is {curve[bad]} at step {bad} of {steps}", evidence={"losses": curve},
-            fix="see the numerics (LD3xx) and masking (LD1xx) findings"))
-    elif final is not None:
-        first = curve[0]
-        if final == first:
-            findings.append(no_training_signal.finding(
-                f"the loss does not move: {first:.4f} before and after {steps} AdamW steps",
-                evidence={"losses": curve}, fix="see LD402/LD404: no gradient reaches the adapters"))
-        elif final > first:
-            findings.append(no_training_signal.finding(
-                f"the loss rose from {first:.4f} to {final:.4f} over {steps} AdamW steps (lr "
-                f"{TRAIN_LR:g}) on one batch", severity=Severity.WARNING,
-                evidence={"losses": curve}, fix="check the scaling (LD405) and the learning rate"))
-    if run.error is None:
-        unchanged = [a for a in adapters if a not in changed]
-        if unchanged:
-            findings.append(no_training_signal.finding(
-                f"{len(unchanged)} of {len(adapters)} adapters did not change in {steps} AdamW "
-                f"steps ({_names(unchanged)})", location=unchanged[0].name,
-                evidence={"modules": [a.name for a in unchanged]},
-                fix="see LD402/LD404: these adapters get no gradient or are not in the optimizer"))
-        frozen_changed = [n for n in base_changed if n not in trainable_names]
-        if frozen_changed:  # trainable base tensors that move are LD210's unfrozen base
-            findings.append(no_training_signal.finding(
-                f"{len(frozen_changed)} frozen base tensors changed during training (e.g. "
-                f"{frozen_changed[0]}): something writes to them outside the optimizer",
-                location=frozen_changed[0], evidence={"tensors": frozen_changed[:50]},
-                fix="keep in-place writes to base weights out of the forward and the loop"))
-    if run.error:
-        summary = f"training crashed at {run.error}"
-    else:
-        summary = (f"{steps} AdamW steps (lr {TRAIN_LR:g}): loss {curve[0]:.4f} -> "
-                   f"{curve[-1]:.4f}; {len(changed)} of {len(adapters)} adapters changed"
-                   + (" (A after the first update)" if steps == 1 and not changed_a else "")
-                   + ("; base unchanged" if not base_changed else
-                      f"; {len(base_changed)} base tensors changed"
-                      + ("" if frozen_changed else " (the base is not frozen: LD210)")))
-        ctx.summary["train_losses"] = curve
-    views = [Curve(f"loss over {steps} real AdamW steps, then after the last", {"adapted model": curve})] \
-        if curve else []
-    return Outcome(findings, summary=summary, views=views)
+            fix="see the numerics (LD3xx) and masking (LD1xx) findings")]
+    if final is None:
+        return []
+    first = curve[0]
+    if final == first:
+        return [no_training_signal.finding(
+            f"the loss does not move: {first:.4f} before and after {steps} AdamW steps",
+            evidence={"losses": curve}, fix="see LD402/LD404: no gradient reaches the adapters")]
+    if final > first:
+        return [no_training_signal.finding(
+            f"the loss rose from {first:.4f} to {final:.4f} over {steps} AdamW steps (lr "
+            f"{TRAIN_LR:g}) on one batch", severity=Severity.WARNING,
+            evidence={"losses": curve}, fix="check the scaling (LD405) and the learning rate")]
+    return []
 
 
-def _fingerprint(p) -> tuple[float, float]:
-    x = p.detach().double()
-    return float(x.sum()), float((x * x).sum())
+def _loss_curve(steps: int, curve: list[float]) -> list:
+    return [Curve(f"loss over {steps} real AdamW steps, then after the last",
+                  {"adapted model": curve})] if curve else []
 
 
 RULES = [not_identity_start, dead_adapter, lora_b_not_zero, no_gradient_flow,

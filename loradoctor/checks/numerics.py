@@ -1,9 +1,10 @@
 """LD3xx: fp16 / bf16 / fp32 on one probe batch: overflow, headroom, divergence, optimizer dtype.
 
 The measurement (`loradoctor.model.numerics.passes`) runs once per check-model, through
-`ctx.memo("numerics", ...)`: one forward+backward of the adapted model per dtype, with hooks on
-every module, the model cast in place and restored exactly. Each rule reads its figures and
-judges them against a named option (`NumericsOptions`); the verdict line of LD300 sums them up.
+`ctx.memo("numerics", ...)` (`model/numerics/figures.py`): one forward+backward of the adapted
+model per dtype, with hooks on every module, the model cast in place and restored exactly. Each
+rule reads its figures and judges them against a named option (`NumericsOptions`); the verdict
+line of LD300 sums them up.
 """
 
 from __future__ import annotations
@@ -11,105 +12,14 @@ from __future__ import annotations
 import math
 
 from ..findings import Severity, Status, Table
-from ..model.numerics.passes import (FP16_MAX, FP16_TINY, DtypePass, Measurement, NumericsOptions,
-                                measure)
-from ..model.numerics.verdict import (backward_overflow_at, divergence, dtype_verdicts, fmt, headroom,
-                                near_limit, nonfinite_word, overflow_at, pct, times, verdict_line)
+from ..model.numerics.figures import (adapter_lost_fraction, lost_by_side, measured_pass,
+                                      numerics, options, reference_pass, scaler_estimate,
+                                      simulated_adamw)
+from ..model.numerics.passes import FP16_MAX, DtypePass, NumericsOptions
+from ..model.numerics.verdict import (backward_overflow_at, bf16_clean, divergence, dtype_verdicts,
+                                      fmt, headroom, near_limit, nonfinite_word, overflow_at, pct,
+                                      times, verdict_line)
 from ..rules import Outcome, SkipCheck, rule
-
-
-def options(ctx) -> NumericsOptions:
-    factor = getattr(ctx, "fp16_headroom", None)
-    return NumericsOptions(fp16_headroom=float(factor)) if factor else NumericsOptions()
-
-
-def numerics(ctx) -> Measurement:
-    """The passes, measured once per run; their figures also go to the report's summary."""
-    def compute() -> Measurement:
-        from ..progress import progress
-
-        model = ctx.adapted
-        opts = options(ctx)
-        n = 1 + len([d for d in (ctx.dtypes or ("bf16", "fp16")) if d != "fp32"])
-        with progress(ctx, "numerics: fp32, bf16, fp16 passes", total=n) as advance:
-            m = measure(model, ctx.probe, dtypes=ctx.dtypes, device=ctx.device, options=opts,
-                        on_pass=lambda _p: advance(1), convention=ctx.convention)
-        ctx.summary["numerics"] = summary_figures(m, opts, _adapter_lost_fraction(ctx, m))
-        return m
-    return ctx.memo("numerics", compute)
-
-
-def _adapter_lost_fraction(ctx, m: Measurement) -> float | None:
-    """fp16's lost share of the adapters' gradients when the base trains too (else None)."""
-    if "fp16" not in m.requested or m.get("fp16") is None or not m.get("fp16").ran:
-        return None
-    split = _lost_by_side(ctx, m, 2.0 ** 16)
-    return split[0]["adapters"]["lost_fraction"] if split is not None else None
-
-
-def summary_figures(m: Measurement, opts: NumericsOptions,
-                    lost_fraction: float | None = None) -> dict:
-    peak = m.fp32_peak if m.fp32.ran else None
-    out = {
-        "verdict": verdict_line(dtype_verdicts(m, opts, lost_fraction)) if m.fp32.ran else None,
-        "probe_shape": list(m.probe_shape),
-        "fp32_peak": peak.peak if peak else None,
-        "fp32_peak_module": peak.name if peak else None,
-        "fp16_headroom": round(headroom(peak.peak), 3) if peak else None,
-        "dtypes": {},
-        "seconds": round(m.seconds, 3),
-    }
-    for dtype, p in m.passes.items():
-        bad = p.first_bad_forward or p.first_bad_backward
-        out["dtypes"][dtype] = {
-            "status": p.status, "error": p.error, "loss": p.loss,
-            "seconds": round(p.seconds, 3),
-            "first_nonfinite": bad.name if bad else None,
-            "loss_rel_diff": p.loss_rel_diff, "logits_max_abs_diff": p.logits_max_abs_diff,
-            "grad_cosine": p.grad_cosine,
-            "grad_lost_fraction": p.grad_lost_fraction if dtype != "fp32" else None,
-        }
-    return out
-
-
-def _reference(m: Measurement) -> DtypePass:
-    if not m.fp32.ran:
-        raise SkipCheck(f"the model's fp32 forward+backward on the probe batch raised "
-                        f"{m.fp32.error}: nothing to compare against (see the wiring checks)")
-    return m.fp32
-
-
-def _pass(m: Measurement, dtype: str, ctx) -> DtypePass:
-    """The measured pass of `dtype`, or the reason (SkipCheck) it is not there."""
-    if dtype not in m.requested:
-        raise SkipCheck(f"{dtype} not checked (--dtypes {','.join(m.requested)})")
-    ref = _reference(m)
-    p = m.get(dtype)
-    if p.status == "unsupported":
-        raise SkipCheck(p.error, environment=True)
-    if not p.ran:
-        raise SkipCheck(f"the {dtype} pass could not run on {ctx.device}: {p.error}",
-                        environment=True)
-    if not ref.finite:
-        raise SkipCheck("the fp32 reference pass is itself not finite (LD300): nothing to "
-                        "compare against")
-    return p
-
-
-def _bf16_clean(m: Measurement, opts: NumericsOptions) -> tuple[bool | None, str]:
-    """Whether bf16 was measured clean on this batch, and the sentence that says so."""
-    p = m.get("bf16")
-    if p is None or not p.ran:
-        why = "not among --dtypes" if p is None else p.error
-        return None, f"bf16 not measured here ({why})"
-    if not p.finite:
-        bad = p.first_bad_forward or p.first_bad_backward
-        where = bad.name if bad else f"loss {p.loss}"
-        return False, f"bf16 also fails on this batch ({where})"
-    if divergence(p, opts):
-        return False, f"bf16 runs finite but departs from fp32 ({'; '.join(divergence(p, opts))})"
-    return True, (f"bf16 measured clean on the same batch: loss {p.loss:.4f} vs fp32 "
-                  f"{m.fp32.loss:.4f}, no inf/nan")
 
 
 # --- LD300 -----------------------------------------------------------------------------------
@@ -147,9 +57,9 @@ def numerics_verdict(ctx) -> Outcome:
     Train in a dtype marked `✓`; read the LD3xx finding behind a `!` or `✗`.
     """
     m = numerics(ctx)
-    ref = _reference(m)
+    ref = reference_pass(m)
     opts = options(ctx)
-    verdicts = dtype_verdicts(m, opts, _adapter_lost_fraction(ctx, m))
+    verdicts = dtype_verdicts(m, opts, adapter_lost_fraction(ctx, m))
     rows = []
     by_dtype = {v.dtype: v for v in verdicts}
     for dtype in ("fp32", "bf16", "fp16"):
@@ -225,7 +135,7 @@ def fp16_overflow(ctx) -> Outcome:
     ```
     """
     m = numerics(ctx)
-    p16 = _pass(m, "fp16", ctx)
+    p16 = measured_pass(m, "fp16", ctx)
     opts = options(ctx)
     hit = overflow_at(m)
     if hit is None:
@@ -238,7 +148,7 @@ def fp16_overflow(ctx) -> Outcome:
                                "fp16 forward finite")
     bad, ref = hit
     over = [s for s in m.fp32.modules if s.finite and s.peak >= FP16_MAX]
-    clean, bf16_sentence = _bf16_clean(m, opts)
+    clean, bf16_sentence = bf16_clean(m, opts)
     word = nonfinite_word(bad.peak)
     if ref.peak >= FP16_MAX:
         why = f"its fp32 output peaks at {fmt(ref.peak)}, past fp16's largest value {fmt(FP16_MAX)}"
@@ -301,7 +211,7 @@ def fp16_low_headroom(ctx) -> Outcome:
     m = numerics(ctx)
     if "fp16" not in m.requested:
         raise SkipCheck(f"fp16 not checked (--dtypes {','.join(m.requested)})")
-    if not _reference(m).finite:
+    if not reference_pass(m).finite:
         raise SkipCheck("the fp32 reference pass is itself not finite (LD300)")
     opts = options(ctx)
     if overflow_at(m) is not None:
@@ -367,7 +277,7 @@ def bf16_divergence(ctx) -> Outcome:
     under autocast, QK-layernorm or logit soft-capping against attention-logit growth).
     """
     m = numerics(ctx)
-    p = _pass(m, "bf16", ctx)
+    p = measured_pass(m, "bf16", ctx)
     opts = options(ctx)
     agree = f"{p.top1_agreement:.1%}" if p.top1_agreement is not None else "-"
     evidence = {"loss_fp32": m.fp32.loss, "loss_bf16": p.loss, "loss_rel_diff": p.loss_rel_diff,
@@ -453,7 +363,7 @@ def fp16_gradient_out_of_range(ctx) -> Outcome:
     """
 
     m = numerics(ctx)
-    p16 = _pass(m, "fp16", ctx)
+    p16 = measured_pass(m, "fp16", ctx)
     opts = options(ctx)
     if overflow_at(m) is not None or p16.first_bad_forward is not None:
         return Outcome(summary="the fp16 forward already overflows (LD301): gradients not judged")
@@ -473,78 +383,46 @@ def fp16_gradient_out_of_range(ctx) -> Outcome:
                 "skips steps whose gradients overflow)")
         return Outcome([finding], summary=f"inf gradient at {bad.name}")
 
-    # What a GradScaler would keep: the fp32 gradients times the scale, against fp16's range.
-    scale = opts.scaler_scale
+    est = scaler_estimate(m, opts)  # what a GradScaler would keep of the fp32 gradients
     grad_peak = m.fp32_grad_peak
-    if grad_peak is not None and grad_peak.grad_peak > 0:
-        while scale > 1 and grad_peak.grad_peak * scale >= FP16_MAX:
-            scale /= 2  # GradScaler backs off until the scaled gradients fit
-    below = below_scaled = nonzero = 0
-    for g in m.grad_samples.get("fp32", {}).values():
-        a = g.float().abs()
-        nz = a > 0
-        nonzero += int(nz.sum())
-        below += int((nz & (a < FP16_TINY / 2)).sum())
-        below_scaled += int((nz & (a * scale < FP16_TINY / 2)).sum())
     frac = p16.grad_lost_fraction
     worst = sorted(p16.grad_lost_by_param.items(), key=lambda kv: -kv[1])[: opts.top_modules]
     evidence = {"lost": p16.grad_lost, "nonzero_fp32": p16.grad_nonzero_fp32,
                 "loss_fp32": m.fp32.loss, "loss_computed_in_fp16": p16.loss_in_dtype,
                 "lost_fraction": frac, "nonfinite": p16.grad_nonfinite,
-                "fp32_values_below_fp16_range": below,
-                "scaler_scale": scale, "lost_with_scaler_estimate": below_scaled,
+                "fp32_values_below_fp16_range": est.below,
+                "scaler_scale": est.scale, "lost_with_scaler_estimate": est.below_scaled,
                 "sample_stride": m.sample_stride,
                 "fp32_max_output_gradient": grad_peak.grad_peak if grad_peak else None,
                 "worst": [{"param": n, "lost_fraction": f} for n, f in worst]}
     if frac < opts.grad_lost_warn:
         return Outcome(summary=f"fp16 keeps {pct(1 - frac)} of the {p16.grad_nonzero_fp32:,} "
                                f"non-zero fp32 gradient values without loss scaling")
-    split = _lost_by_side(ctx, m, scale)
+    split = lost_by_side(ctx, m, est.scale)
     if split is not None:  # the base trains too: tell its losses from the adapters'
         sides, adapter_names = split
         evidence["by_side"] = sides
-        return _lost_with_base_trainable(sides, adapter_names, p16, scale, evidence, opts)
-    kept = below_scaled / nonzero if nonzero else 0.0
-    worst_text = f"; worst {worst[0][0]} ({pct(worst[0][1])})" if worst else ""
+        return _lost_with_base_trainable(sides, adapter_names, p16, est.scale, evidence, opts)
+    kept = est.below_scaled / est.nonzero if est.nonzero else 0.0
+    return _lost_without_scaler(p16.grad_lost, p16.grad_nonzero_fp32, frac, "trainable", worst,
+                                est.scale, kept, evidence, summary_what="gradient values")
+
+
+def _lost_without_scaler(lost: int, nonzero: int, frac: float, what: str, worst: list,
+                         scale: float, kept: float, evidence: dict, *, summary_what: str,
+                         tail: str = "") -> Outcome:
+    """LD304's warning: fp16 without loss scaling zeroes `lost` of `what` gradient values, and
+    what a GradScaler at `scale` would still lose (`kept` below fp16's range)."""
+    w = f"; worst {worst[0][0]} ({pct(worst[0][1])})" if worst else ""
     finding = fp16_gradient_out_of_range.finding(
-        f"without loss scaling, fp16 zeroes {p16.grad_lost:,} of the "
-        f"{p16.grad_nonzero_fp32:,} trainable gradient values that are non-zero in fp32 "
-        f"({pct(frac)}){worst_text}; a GradScaler at 2^{int(math.log2(scale))} would leave "
-        f"about {pct(kept)} below fp16's range (estimated from the fp32 gradients)",
+        f"without loss scaling, fp16 zeroes {lost:,} of the {nonzero:,} {what} gradient values "
+        f"that are non-zero in fp32 ({pct(frac)}){w}; a GradScaler at "
+        f"2^{int(math.log2(scale))} would leave about {pct(kept)} below fp16's range "
+        f"(estimated from the fp32 gradients){tail}",
         location=worst[0][0] if worst else None, evidence=evidence,
         fix="train fp16 with torch.amp.GradScaler (Trainer: fp16=True), or train in bf16")
-    return Outcome([finding], summary=f"{pct(frac)} of gradient values lost in fp16 without a "
+    return Outcome([finding], summary=f"{pct(frac)} of {summary_what} lost in fp16 without a "
                                       f"GradScaler")
-
-
-def _lost_by_side(ctx, m: Measurement, scale: float) -> tuple[dict, set] | None:
-    """Lost fp16 gradient values of the adapters and of the base, when both train (else None).
-
-    Per side: `lost` (non-zero in fp32, exactly zero in fp16), `nonzero` (in fp32) and
-    `below_scaled` (fp32 values a GradScaler at `scale` would still leave below fp16's range),
-    over the same sampled gradient values as the totals; with the adapters' tensor names.
-    """
-    from ..model.shared import discovery
-    disc = discovery(ctx)
-    if not disc.adapters:
-        return None
-    ids = disc.adapter_param_ids()
-    adapter_names = {n for n, p in ctx.adapted.named_parameters() if id(p) in ids}
-    ref, got = m.grad_samples.get("fp32", {}), m.grad_samples.get("fp16", {})
-    sides = {side: {"lost": 0, "nonzero": 0, "below_scaled": 0} for side in ("adapters", "base")}
-    for name, r in ref.items():
-        g = got.get(name)
-        if g is None:
-            continue
-        side = sides["adapters" if name in adapter_names else "base"]
-        a = r.float().abs()
-        nz = a > 0
-        side["lost"] += int((nz & (g == 0)).sum())
-        side["nonzero"] += int(nz.sum())
-        side["below_scaled"] += int((nz & (a * scale < FP16_TINY / 2)).sum())
-    for side in sides.values():
-        side["lost_fraction"] = side["lost"] / side["nonzero"] if side["nonzero"] else 0.0
-    return (sides, adapter_names) if sides["base"]["nonzero"] else None
 
 
 def _lost_with_base_trainable(sides: dict, adapter_names: set, p16: DtypePass, scale: float,
@@ -554,7 +432,6 @@ def _lost_with_base_trainable(sides: dict, adapter_names: set, p16: DtypePass, s
     ranked = sorted(p16.grad_lost_by_param.items(), key=lambda kv: -kv[1])
     worst_base = [(n, f) for n, f in ranked if n not in adapter_names][:1]
     worst_adapter = [(n, f) for n, f in ranked if n in adapter_names][:1]
-    scaler = f"2^{int(math.log2(scale))}"
     if ad["lost_fraction"] < opts.grad_lost_warn:
         w = f"; worst {worst_base[0][0]} ({pct(worst_base[0][1])})" if worst_base else ""
         finding = fp16_gradient_out_of_range.finding(
@@ -570,17 +447,11 @@ def _lost_with_base_trainable(sides: dict, adapter_names: set, p16: DtypePass, s
                                           f"their gradient values in fp16; the unfrozen base "
                                           f"(LD210) loses {pct(base['lost_fraction'])}")
     kept = ad["below_scaled"] / ad["nonzero"] if ad["nonzero"] else 0.0
-    w = f"; worst {worst_adapter[0][0]} ({pct(worst_adapter[0][1])})" if worst_adapter else ""
-    finding = fp16_gradient_out_of_range.finding(
-        f"without loss scaling, fp16 zeroes {ad['lost']:,} of the {ad['nonzero']:,} adapter "
-        f"gradient values that are non-zero in fp32 ({pct(ad['lost_fraction'])}){w}; a GradScaler "
-        f"at {scaler} would leave about {pct(kept)} below fp16's range (estimated from the fp32 "
-        f"gradients). The base, trainable because it is not frozen (LD210), loses "
-        f"{pct(base['lost_fraction'])} of its {base['nonzero']:,}",
-        location=worst_adapter[0][0] if worst_adapter else None, evidence=evidence,
-        fix="train fp16 with torch.amp.GradScaler (Trainer: fp16=True), or train in bf16")
-    return Outcome([finding], summary=f"{pct(ad['lost_fraction'])} of adapter gradient values "
-                                      f"lost in fp16 without a GradScaler")
+    return _lost_without_scaler(
+        ad["lost"], ad["nonzero"], ad["lost_fraction"], "adapter", worst_adapter, scale, kept,
+        evidence, summary_what="adapter gradient values",
+        tail=f". The base, trainable because it is not frozen (LD210), loses "
+             f"{pct(base['lost_fraction'])} of its {base['nonzero']:,}")
 
 
 # --- LD305 -----------------------------------------------------------------------------------
@@ -622,8 +493,6 @@ def fp16_trainable_parameters(ctx) -> Outcome:
     ```
     and cast the adapter's input/output to its dtype (as PEFT does), with a GradScaler.
     """
-    import torch
-
     m = numerics(ctx)
     if not m.trainable:
         raise SkipCheck("nothing in the model is trainable")
@@ -635,22 +504,8 @@ def fp16_trainable_parameters(ctx) -> Outcome:
                                f"{'/'.join(kinds)}: "
                                f"{'their own master weights' if kinds == ['fp32'] else 'not fp16'}")
     opts = options(ctx)
-    source = "fp16" if "fp16" in m.grad_samples else "fp32"
-    params = dict(ctx.adapted.named_parameters())
-    n_values = nonfinite = lost = 0
-    for t in half:
-        p = params.get(t.name)
-        if p is None or t.name not in m.grad_samples.get(source, {}):
-            continue
-        value = p.detach().reshape(-1)[:: m.sample_stride].clone()  # fp16, as your code keeps it
-        grad = m.grad_samples[source][t.name].to(torch.float16)
-        after16 = _adamw_step(value, grad, opts)
-        after32 = _adamw_step(value.float(), grad.float(), opts)
-        n_values += value.numel()
-        bad = ~torch.isfinite(after16)
-        nonfinite += int(bad.sum())
-        lost += int((torch.isfinite(after16) & (after16 == value)
-                     & (after32 != value.float())).sum())
+    step = simulated_adamw(ctx, m, half, opts)
+    source, n_values, nonfinite, lost = step.source, step.values, step.nonfinite, step.lost
     names = [t.name for t in half]
     half_values = sum(t.numel for t in half)
     if not n_values:  # no gradient measured (the passes could not run): say what we know
@@ -679,18 +534,6 @@ def fp16_trainable_parameters(ctx) -> Outcome:
             "stay fp16")
     return Outcome([finding], summary=f"{len(half)} fp16 trainable tensors: {nonfinite:,} of "
                                       f"{n_values:,} values nan/inf after one AdamW step")
-
-
-def _adamw_step(value, grad, opts: NumericsOptions):
-    """One torch.optim.AdamW step on a copy of `value` with gradient `grad` (same dtype)."""
-    import torch
-
-    p = torch.nn.Parameter(value.clone())
-    p.grad = grad.clone()
-    opt = torch.optim.AdamW([p], lr=opts.adamw_lr, eps=opts.adamw_eps,
-                            weight_decay=opts.adamw_weight_decay)
-    opt.step()
-    return p.detach()
 
 
 RULES = [numerics_verdict, fp16_overflow, fp16_low_headroom, bf16_divergence,

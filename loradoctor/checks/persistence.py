@@ -1,7 +1,7 @@
 """LD5xx: adapter persistence. Saving the adapters and loading them into a fresh copy, and
 merging `W + scaling * B @ A` into the base weights, must both give the model you trained.
 
-Both rules read `measure.persistence`: the adapters' B (and a zero A) set to random values
+Both rules read `model/round_trip.persistence`: the adapters' B (and a zero A) set to random values
 so neither check is trivial, logits and the adapter state taken from your model as you built
 it, then a fresh copy rebuilt from the model directory by your own apply code (or PEFT).
 """
@@ -12,13 +12,7 @@ from pathlib import Path
 
 from ..findings import Severity
 from ..rules import Outcome, SkipCheck, rule
-
-MAX_NAMED = 4
-
-
-def _names(names: list[str]) -> str:
-    head = ", ".join(names[:MAX_NAMED])
-    return head + (f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else "")
+from ..text import capped
 
 
 def _skip_if_broken(ps) -> None:
@@ -68,30 +62,8 @@ def adapter_round_trip_mismatch(ctx) -> Outcome:
     """
     from ..model.round_trip import persistence
     from ..model.shared import adapters_or_skip
-    from ..model.torch_load import torch_version, unsafe_torch_loads, weights_only_by_default
     adapters = adapters_or_skip(ctx)
-    findings = []
-    safe_default = weights_only_by_default()
-    for hit in unsafe_torch_loads(ctx):
-        where = f"{hit['file']}:{hit['line']}"
-        call = f"{Path(hit['file']).name}:{hit['line']} loads with " \
-               f"{hit['code'] or 'torch.load(...)'}"
-        evidence = {**hit, "torch": torch_version(), "weights_only_default": safe_default}
-        if hit["explicit_false"] or not safe_default:
-            findings.append(adapter_round_trip_mismatch.finding(
-                f"{call} " + ("and weights_only=False: unpickling the checkpoint can run "
-                              "arbitrary code" if hit["explicit_false"] else
-                              f"without weights_only=True on torch {torch_version()}, whose "
-                              f"default still unpickles anything: loading a checkpoint can run "
-                              f"arbitrary code"),
-                location=where, severity=Severity.WARNING, evidence=evidence,
-                fix="save adapters with safetensors, or pass weights_only=True"))
-        else:
-            findings.append(adapter_round_trip_mismatch.finding(
-                f"{call} without weights_only: safe on torch {torch_version()} (weights_only=True "
-                f"is the default since torch 2.6), unsafe wherever the code runs on an older torch",
-                location=where, severity=Severity.INFO, evidence=evidence,
-                fix="pass weights_only=True to keep it safe on every torch version"))
+    findings = _unsafe_loads(ctx)
     ps = persistence(ctx)
     _skip_if_broken(ps)
     if ps.fresh_error:
@@ -105,14 +77,14 @@ def adapter_round_trip_mismatch(ctx) -> Outcome:
     if ps.unregistered:
         findings.append(adapter_round_trip_mismatch.finding(
             f"{len(ps.unregistered)} of {len(adapters)} adapters are not in the model's "
-            f"state_dict ({_names(ps.unregistered)}): saving the state_dict drops them",
+            f"state_dict ({capped(ps.unregistered)}): saving the state_dict drops them",
             location=ps.unregistered[0], evidence={"modules": ps.unregistered},
             fix="register the adapters as submodules (module.lora = lora, nn.ModuleList)"))
     missing = [n for n in ps.not_restored if n not in ps.unregistered]
     if missing:
         findings.append(adapter_round_trip_mismatch.finding(
             f"{len(missing)} of {len(adapters)} adapters are not restored by loading the saved "
-            f"state into a fresh copy ({_names(missing)})", location=missing[0],
+            f"state into a fresh copy ({capped(missing)})", location=missing[0],
             evidence={"modules": missing, "unexpected_keys": ps.unexpected_keys[:20]},
             fix="save and load every adapter tensor under the same names"))
     if ps.roundtrip_diff is not None and ps.roundtrip_diff > limit:
@@ -123,40 +95,7 @@ def adapter_round_trip_mismatch(ctx) -> Outcome:
             fix="every tensor the adapted forward uses must be in the saved state"))
     ur = ps.user_roundtrip
     if ur is not None:
-        pair = f"{ur['save']}/{ur['load']}"
-        if ur.get("error"):
-            findings.append(adapter_round_trip_mismatch.finding(
-                f"your {pair} round trip fails: {ur['error']}", severity=Severity.WARNING,
-                evidence=ur, fix=f"make {pair} save and load the adapters of this model"))
-        elif ur.get("not_restored"):
-            # A lost adapter serves its untrained start after loading: the trained run is gone.
-            lost = ur["not_restored"]
-            findings.append(adapter_round_trip_mismatch.finding(
-                f"your {pair} (beside the apply function) restores {len(adapters) - len(lost)} of "
-                f"{len(adapters)} adapters into a fresh copy (logits up to {ur['diff']:.4g} away): "
-                f"a checkpoint saved with it loses {_names(lost)}",
-                location=lost[0], evidence={**ur, "tolerance": limit},
-                fix=f"make {ur['save']} keep every adapter tensor (filter on the real parameter "
-                    f"names)"))
-        elif ur.get("rounded"):
-            # Every adapter is back, at the precision it was saved in: a choice, not a loss.
-            precision = f"as {ur['rounded_as']}" if ur.get("rounded_as") else \
-                "in a lower precision"
-            findings.append(adapter_round_trip_mismatch.finding(
-                f"your {pair} restores all {len(adapters)} adapters into a fresh copy, with "
-                f"{len(ur['rounded'])} of them rounded: it stores their tensors {precision} "
-                f"(relative error up to {ur['max_rel_error']:.2g}); logits up to "
-                f"{ur['diff']:.4g} away from the model you saved", severity=Severity.INFO,
-                location=ur["rounded"][0], evidence={**ur, "tolerance": limit},
-                fix=f"keep the adapters in their training dtype in {ur['save']} if you resume "
-                    f"training from the checkpoint; for inference the rounding is harmless"))
-        elif ur.get("diff", 0) > limit:
-            findings.append(adapter_round_trip_mismatch.finding(
-                f"your {pair} restores every adapter tensor exactly, yet the fresh copy's logits "
-                f"are up to {ur['diff']:.4g} away from yours (tolerance {limit:.1e}): a "
-                f"checkpoint saved with it loses part of the adapter state",
-                severity=Severity.WARNING, evidence={**ur, "tolerance": limit},
-                fix=f"make {ur['save']} save every tensor the adapted forward uses"))
+        findings += _user_pair(ur, len(adapters), limit)
     diff = ps.roundtrip_diff
     summary = (f"{ps.saved_keys} adapter tensors saved as safetensors; fresh copy restores "
                f"{len(adapters) - len(ps.not_restored)} of {len(adapters)} adapters, logits "
@@ -232,6 +171,76 @@ def merge_not_equivalent(ctx) -> Outcome:
             summary=f"merged vs unmerged logits max |diff| {diff:.4g} > {limit:.1e}")
     return Outcome(summary=f"merged W + scaling * B @ A ({source} scaling) matches the unmerged "
                            f"model (logits max |diff| {diff:.2g} <= {limit:.1e})")
+
+
+def _unsafe_loads(ctx) -> list:
+    """LD501 on the `torch.load` calls in the user's apply module that may unpickle anything:
+    warnings, or an info where torch's own default (2.6 and later) makes them safe."""
+    from ..model.torch_load import torch_version, unsafe_torch_loads, weights_only_by_default
+    findings = []
+    safe_default = weights_only_by_default()
+    for hit in unsafe_torch_loads(ctx):
+        where = f"{hit['file']}:{hit['line']}"
+        call = f"{Path(hit['file']).name}:{hit['line']} loads with " \
+               f"{hit['code'] or 'torch.load(...)'}"
+        evidence = {**hit, "torch": torch_version(), "weights_only_default": safe_default}
+        if hit["explicit_false"] or not safe_default:
+            findings.append(adapter_round_trip_mismatch.finding(
+                f"{call} " + ("and weights_only=False: unpickling the checkpoint can run "
+                              "arbitrary code" if hit["explicit_false"] else
+                              f"without weights_only=True on torch {torch_version()}, whose "
+                              f"default still unpickles anything: loading a checkpoint can run "
+                              f"arbitrary code"),
+                location=where, severity=Severity.WARNING, evidence=evidence,
+                fix="save adapters with safetensors, or pass weights_only=True"))
+        else:
+            findings.append(adapter_round_trip_mismatch.finding(
+                f"{call} without weights_only: safe on torch {torch_version()} (weights_only=True "
+                f"is the default since torch 2.6), unsafe wherever the code runs on an older torch",
+                location=where, severity=Severity.INFO, evidence=evidence,
+                fix="pass weights_only=True to keep it safe on every torch version"))
+    return findings
+
+
+def _user_pair(ur: dict, n_adapters: int, limit: float) -> list:
+    """LD501 on the round trip of the user's own save/load pair: it fails, loses adapters,
+    rounds them, or restores every tensor and still not the logits."""
+    findings = []
+    pair = f"{ur['save']}/{ur['load']}"
+    if ur.get("error"):
+        findings.append(adapter_round_trip_mismatch.finding(
+            f"your {pair} round trip fails: {ur['error']}", severity=Severity.WARNING,
+            evidence=ur, fix=f"make {pair} save and load the adapters of this model"))
+    elif ur.get("not_restored"):
+        # A lost adapter serves its untrained start after loading: the trained run is gone.
+        lost = ur["not_restored"]
+        findings.append(adapter_round_trip_mismatch.finding(
+            f"your {pair} (beside the apply function) restores {n_adapters - len(lost)} of "
+            f"{n_adapters} adapters into a fresh copy (logits up to {ur['diff']:.4g} away): "
+            f"a checkpoint saved with it loses {capped(lost)}",
+            location=lost[0], evidence={**ur, "tolerance": limit},
+            fix=f"make {ur['save']} keep every adapter tensor (filter on the real parameter "
+                f"names)"))
+    elif ur.get("rounded"):
+        # Every adapter is back, at the precision it was saved in: a choice, not a loss.
+        precision = f"as {ur['rounded_as']}" if ur.get("rounded_as") else \
+            "in a lower precision"
+        findings.append(adapter_round_trip_mismatch.finding(
+            f"your {pair} restores all {n_adapters} adapters into a fresh copy, with "
+            f"{len(ur['rounded'])} of them rounded: it stores their tensors {precision} "
+            f"(relative error up to {ur['max_rel_error']:.2g}); logits up to "
+            f"{ur['diff']:.4g} away from the model you saved", severity=Severity.INFO,
+            location=ur["rounded"][0], evidence={**ur, "tolerance": limit},
+            fix=f"keep the adapters in their training dtype in {ur['save']} if you resume "
+                f"training from the checkpoint; for inference the rounding is harmless"))
+    elif ur.get("diff", 0) > limit:
+        findings.append(adapter_round_trip_mismatch.finding(
+            f"your {pair} restores every adapter tensor exactly, yet the fresh copy's logits "
+            f"are up to {ur['diff']:.4g} away from yours (tolerance {limit:.1e}): a "
+            f"checkpoint saved with it loses part of the adapter state",
+            severity=Severity.WARNING, evidence={**ur, "tolerance": limit},
+            fix=f"make {ur['save']} save every tensor the adapted forward uses"))
+    return findings
 
 
 RULES = [adapter_round_trip_mismatch, merge_not_equivalent]

@@ -3,7 +3,7 @@ whether its factors hold a trained update, whether it agrees with its adapter_co
 large each layer's update is, and what it does to the base model's logits, loaded the way it
 will be loaded and merged.
 
-Every rule reads the measurements of `model/saved_adapter.py` (the file, read without executing
+Every rule reads the measurements of `model/saved_adapter/` (the file, read without executing
 anything; the base model's logits; the adapter loaded by PEFT or by the user's own load
 function; the merge), computed once per run.
 """
@@ -14,19 +14,14 @@ import math
 
 from ..findings import Severity, Table
 from ..rules import Outcome, SkipCheck, rule
+from ..text import capped
 
 # torch and the measurements are imported inside the checks: importing the registry (for
 # `loradoctor rules`, check-dataset) must stay light.
 
-MAX_NAMED = 4               # layers named in one message
 UPDATE_TOO_LARGE = 1.0      # ||s * B @ A|| / ||W|| at or above this: the update outweighs W
 UPDATE_OUTLIER_FACTOR = 20.0  # a layer's relative update this many times the median (or 1/x)
 TABLE_ROWS = 5              # largest and smallest layers in the update table
-
-
-def _names(names: list[str]) -> str:
-    head = ", ".join(names[:MAX_NAMED])
-    return head + (f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else "")
 
 
 def _loader(art) -> str:
@@ -153,7 +148,7 @@ def adapter_factor_all_zero(ctx) -> Outcome:
     if b_zero:
         whole = len(b_zero) == n
         findings.append(adapter_factor_all_zero.finding(
-            f"lora_B is all zero in {len(b_zero)} of {n} adapted layers ({_names(b_zero)})"
+            f"lora_B is all zero in {len(b_zero)} of {n} adapted layers ({capped(b_zero)})"
             + (": the file is the untrained initialisation (saved before training, or no "
                "gradient ever reached the adapters)" if whole else
                ": those layers add nothing (never trained)"),
@@ -162,7 +157,7 @@ def adapter_factor_all_zero(ctx) -> Outcome:
                 "reach the adapters (check-model --train-steps N)"))
     if a_zero:
         findings.append(adapter_factor_all_zero.finding(
-            f"lora_A is all zero in {len(a_zero)} of {n} adapted layers ({_names(a_zero)}): "
+            f"lora_A is all zero in {len(a_zero)} of {n} adapted layers ({capped(a_zero)}): "
             f"B @ A is zero there whatever B holds", location=a_zero[0],
             evidence={"modules": a_zero, "adapters": n},
             fix="do not re-initialise the model after attaching the adapters (an init that "
@@ -217,7 +212,7 @@ def adapter_tensor_not_finite(ctx) -> Outcome:
     key, n_nan, n_inf, numel = bad[0]
     parts = [f"{n_nan:,} NaN" if n_nan else "", f"{n_inf:,} inf" if n_inf else ""]
     finding = adapter_tensor_not_finite.finding(
-        f"{len(bad)} of {len(art.tensors)} tensors hold NaN or inf ({_names([b[0] for b in bad])});"
+        f"{len(bad)} of {len(art.tensors)} tensors hold NaN or inf ({capped([b[0] for b in bad])});"
         f" {key} holds {' and '.join(p for p in parts if p)} of {numel:,} values",
         location=canonical_module(key.rsplit(".lora_", 1)[0]),
         evidence={"tensors": {k: {"nan": a, "inf": b, "values": c} for k, a, b, c in bad[:50]}},
@@ -293,7 +288,7 @@ def adapter_disagrees_with_config(ctx) -> Outcome:
         if lost and km.saved:
             findings.append(adapter_disagrees_with_config.finding(
                 f"the config adapts {len(lost)} layers the file holds no tensors for "
-                f"({_names([m.removeprefix('base_model.model.') for m in lost])}): they load "
+                f"({capped([m.removeprefix('base_model.model.') for m in lost])}): they load "
                 f"at their initialisation (B zero)", location=lost[0].removeprefix(
                     "base_model.model."),
                 evidence={"modules": lost[:50], "missing_keys": km.missing[:50]},

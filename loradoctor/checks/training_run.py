@@ -13,6 +13,7 @@ import math
 
 from ..findings import Severity
 from ..rules import Outcome, SkipCheck, rule
+from ..text import capped
 
 
 def _fmt(x: float | None) -> str:
@@ -50,7 +51,8 @@ def non_finite_loss(state) -> Outcome:
     return Outcome([non_finite_loss.finding(
         f"the model's loss is {state.loss} (a batch that supervises no token, or an "
         f"overflow); a Trainer logs such a step as a finite number (0, or the average its "
-        f"logging_nan_inf_filter puts in its place), and an optimizer step on NaN gradients writes NaN into the weights",
+        f"logging_nan_inf_filter puts in its place), and an optimizer step on NaN gradients "
+        f"writes NaN into the weights",
         location=f"step {state.step}", evidence={"step": state.step, "loss": state.loss},
         fix="check the batch at this step for samples with no supervised token (LD101) and "
             "fp16 overflow (LD301); lower the learning rate")])
@@ -190,7 +192,7 @@ def adapters_still_zero(state) -> Outcome:
     if not state.zero_b:
         return Outcome()
     names = state.zero_b
-    listed = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    listed = capped(names)
     return Outcome([adapters_still_zero.finding(
         f"step {state.step}: {len(names)} of {state.n_adapters} adapters still have B all "
         f"zero after {state.options.zero_b_after} steps: {listed}", location=names[0],

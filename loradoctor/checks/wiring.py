@@ -2,11 +2,12 @@
 uses, class-level patches, double patches, adapters never called, PEFT config entries that
 match nothing, and coverage.
 
-Every rule here reads the same two measurements (`measure.discovery`, `measure.module_probe`):
-the adapters found in the adapted model, and each adapted layer called on its own with every
-adapter's factors set to distinct random values. Static evidence (what a patched forward's
+Every rule here reads the same two measurements (`model/shared.discovery`,
+`model/layer_probe.module_probe`): the adapters found in the adapted model, and each adapted
+layer called on its own with every adapter's factors set to distinct random values. Static evidence (what a patched forward's
 closure cells, defaults and partial arguments hold) and behavioural evidence (what the layer
-computes) are both reported. LD205 reads the PEFT config instead (`model/peft_targets.py`).
+computes) are both reported. LD205 reads the PEFT config instead (`model/peft_targets.py`),
+LD210 the coverage (`model/coverage.py`).
 """
 
 from __future__ import annotations
@@ -171,7 +172,8 @@ def closure_aliased_forward(ctx) -> Outcome:
             text,
             location=v.adapter.name, severity=severity, fix=BIND_FIX,
             evidence={"module": v.adapter.name, "forward_of": fwd, "adapter_of": adp,
-                      "static": [{"via": via, "kind": k, "target": n} for via, k, n in v.static_refs],
+                      "static": [{"via": via, "kind": k, "target": n}
+                                 for via, k, n in v.static_refs],
                       "behaviour": {"status": v.status, "width": v.width, "error": v.error,
                                     "ran_at_width": v.ran_at_width, "residual": v.residual}}))
         rows.append([v.adapter.name, fwd or "(own)", (adp or "(own)") if adp != "" else "(none)",
@@ -189,18 +191,16 @@ def closure_aliased_forward(ctx) -> Outcome:
     shown = findings[:MAX_LISTED]
     if len(findings) > MAX_LISTED:
         rest = findings[MAX_LISTED:]
-        shown.append(closure_aliased_forward.finding(
-            f"{len(rest)} more layers compute with another layer's weights or adapter: "
-            + ", ".join(f.location for f in rest[:6]) + (" ..." if len(rest) > 6 else ""),
-            location=rest[0].location, fix=BIND_FIX,
-            severity=max((f.severity for f in rest), key=_rank),
-            evidence={"modules": [f.location for f in rest]}))
+        shown.append(_more(closure_aliased_forward, [f.location for f in rest],
+                           "compute with another layer's weights or adapter", BIND_FIX,
+                           severity=max((f.severity for f in rest), key=_rank)))
     views = []
     if rows:
         more = len(rows) - MAX_TABLE_ROWS
         rows = rows[:MAX_TABLE_ROWS] + ([[f"... {more} more", "", "", ""]] if more > 0 else [])
-        views.append(Table("aliasing pairs: the layer, and whose weights and adapter it really uses",
-                           ["layer", "runs the forward of", "adds the adapter of", "seen in"], rows))
+        views.append(Table(
+            "aliasing pairs: the layer, and whose weights and adapter it really uses",
+            ["layer", "runs the forward of", "adds the adapter of", "seen in"], rows))
     n = len(verdicts)
     if bad:
         summary = f"{len(bad)} of {n} adapted layers compute with another layer's weights or " \
@@ -212,6 +212,13 @@ def closure_aliased_forward(ctx) -> Outcome:
 
 def _rank(sev: Severity) -> int:
     return {Severity.INFO: 0, Severity.WARNING: 1, Severity.ERROR: 2}[sev]
+
+
+def _more(rule, names: list[str], what: str, fix: str, severity: Severity | None = None):
+    """One finding for the layers past the first `MAX_LISTED`: how many, and the first six."""
+    return rule.finding(f"{len(names)} more layers {what}: " + ", ".join(names[:6])
+                        + (" ..." if len(names) > 6 else ""), location=names[0], fix=fix,
+                        severity=severity, evidence={"modules": names})
 
 
 @rule("LD202", "forward-patched-on-class", command="model", severity=Severity.ERROR,
@@ -254,10 +261,12 @@ def forward_patched_on_class(ctx) -> Outcome:
         cls_name = info["class"]
         instances = [(n, m) for n, m in model.named_modules()
                      if f"{type(m).__module__}.{type(m).__qualname__}" == cls_name
-                     or any(f"{k.__module__}.{k.__qualname__}" == cls_name for k in type(m).__mro__)]
+                     or any(f"{k.__module__}.{k.__qualname__}" == cls_name
+                            for k in type(m).__mro__)]
         plain = [n for n, m in instances if id(m) not in hosts]
         msg = (f"{cls_name}.forward is replaced on the class by {info['function']} "
-               f"({info['file']}:{info['line']}): all {len(instances)} instances in the model run it")
+               f"({info['file']}:{info['line']}): all {len(instances)} instances in the model "
+               f"run it")
         if plain:
             msg += f", including {len(plain)} without an adapter (e.g. {plain[0]})"
         msg += ", and so does every other instance in the process"
@@ -344,11 +353,8 @@ def module_patched_twice(ctx) -> Outcome:
                 evidence={"module": name, "adapters": count}))
     shown = findings[:MAX_LISTED]
     if len(findings) > MAX_LISTED:
-        rest = findings[MAX_LISTED:]
-        shown.append(module_patched_twice.finding(
-            f"{len(rest)} more layers are patched twice or recurse: "
-            + ", ".join(f.location for f in rest[:6]) + (" ..." if len(rest) > 6 else ""),
-            location=rest[0].location, fix=fix, evidence={"modules": [f.location for f in rest]}))
+        shown.append(_more(module_patched_twice, [f.location for f in findings[MAX_LISTED:]],
+                           "are patched twice or recurse", fix))
     summary = (f"{len(findings)} of {len(adapters)} adapted layers are patched twice or recurse"
                if findings else f"each of {len(adapters)} adapted layers is adapted once")
     return Outcome(shown, summary=summary)
@@ -404,12 +410,9 @@ def adapter_never_called(ctx) -> Outcome:
                       "relative_delta": v.residual},
             fix="make the layer's forward return original_forward(x) + lora(x)"))
     if len(dead) > MAX_LISTED:
-        rest = dead[MAX_LISTED:]
-        findings.append(adapter_never_called.finding(
-            f"{len(rest)} more layers never call their adapter: "
-            + ", ".join(v.adapter.name for v in rest[:6]) + (" ..." if len(rest) > 6 else ""),
-            location=rest[0].adapter.name, evidence={"modules": [v.adapter.name for v in rest]},
-            fix="make the layer's forward return original_forward(x) + lora(x)"))
+        findings.append(_more(adapter_never_called, [v.adapter.name for v in dead[MAX_LISTED:]],
+                              "never call their adapter",
+                              "make the layer's forward return original_forward(x) + lora(x)"))
     summary = (f"{len(dead)} of {len(verdicts)} adapted layers never call their adapter"
                if dead else f"each of {len(verdicts)} adapted layers adds its adapter's output")
     return Outcome(findings, summary=summary)
@@ -554,7 +557,7 @@ def uneven_adapter_coverage(ctx) -> Outcome:
     for p in model.parameters(): p.requires_grad = False         # then add the adapters
     ```
     """
-    from ..model.layer_names import KIND_ORDER, kind_of, layer_of
+    from ..model.coverage import coverage, trainable_count
     from ..model.freeze import frozen_by_us
     from ..model.shared import discovery
     disc = discovery(ctx)
@@ -570,31 +573,40 @@ def uneven_adapter_coverage(ctx) -> Outcome:
             fix="check that the apply function attaches adapters to the model it receives "
                 "(or returns the adapted model)")],
             summary=f"0 of {n_lin} linear layers adapted")
+    cov = coverage(disc)
+    findings = _coverage_findings(disc, cov)
+    count = trainable_count(model, disc.adapter_param_ids())
+    if count.outside:
+        findings.append(_unfrozen_base(count))
+    pct = count.percent
+    ctx.summary.update({"adapters": len(disc.adapters), "linear_layers": len(disc.linears),
+                        "trainable_parameters": count.trainable,
+                        "trainable_percent": round(pct, 4)})
     adapted = {a.name for a in disc.adapters}
+    n_adapted = sum(1 for n in disc.linears if n in adapted)
+    summary = (f"{n_adapted} of {len(disc.linears)} linear layers adapted; {count.trainable:,} "
+               f"of {count.total:,} parameters trainable ({pct:.2f}%)")
+    frozen = frozen_by_us(ctx)
+    if frozen is not None:
+        summary += (f"; --freeze-base froze {frozen.numel:,} base parameters in "
+                    f"{len(frozen.frozen)} tensors" if frozen.frozen else
+                    "; --freeze-base found the base already frozen")
+        ctx.summary["freeze_base"] = {"tensors": len(frozen.frozen), "parameters": frozen.numel}
+    return Outcome(findings, summary=summary,
+                   views=[_coverage_table(cov.cells, cov.kinds, cov.layers)])
+
+
+def _coverage_findings(disc, cov) -> list:
+    """LD210's findings on where the adapters are: a kind adapted in some layers but not in
+    others (kinds with the same gaps together), the output head, the embeddings."""
+    from ..model.layer_names import kind_of, layer_ranges
     findings = []
-    # Coverage by kind and layer.
-    cells: dict[int | None, dict[str, bool]] = {}
-    for name in disc.linears:
-        layer, kind = layer_of(name), kind_of(name)
-        row = cells.setdefault(layer, {})
-        row[kind] = row.get(kind, False) or name in adapted
-    for a in disc.adapters:  # adapters on layers that are not linear (embeddings)
-        if a.layer_type != "linear":
-            cells.setdefault(layer_of(a.name), {})["embedding"] = True
-    kinds = [k for k in [*KIND_ORDER, "embedding"] if any(k in r for r in cells.values())]
-    layers = sorted((k for k in cells if k is not None))
-    groups: dict[tuple, list[str]] = {}  # kinds with the same gaps are reported together
-    for kind in kinds:
-        present = [layer for layer in layers if kind in cells[layer]]
-        have = [layer for layer in present if cells[layer][kind]]
-        if have and len(have) < len(present):
-            missing = [layer for layer in present if not cells[layer][kind]]
-            groups.setdefault((len(present), tuple(have), tuple(missing)), []).append(kind)
-    for (n_present, have, missing), group in groups.items():
+    for (n_present, have, missing), group in cov.gaps().items():
         findings.append(uneven_adapter_coverage.finding(
             f"{', '.join(group)} layers are adapted in {len(have)} of {n_present} layers "
-            f"(not in {_ranges(list(missing))})", location=f"{group[0]} projections",
-            evidence={"kinds": group, "adapted_layers": list(have), "missing_layers": list(missing)},
+            f"(not in {layer_ranges(list(missing))})", location=f"{group[0]} projections",
+            evidence={"kinds": group, "adapted_layers": list(have),
+                      "missing_layers": list(missing)},
             fix="match the target modules by their short name (q_proj) so every block "
                 "gets one"))
     head = [a for a in disc.adapters if kind_of(a.name) == "lm_head"]
@@ -610,45 +622,26 @@ def uneven_adapter_coverage(ctx) -> Outcome:
             f"the embeddings {emb[0].name} are adapted", location=emb[0].name,
             evidence={"modules": [a.name for a in emb]},
             fix="leave the embeddings out of the target modules unless you mean to train them"))
-    # Trainable parameters.
-    adapter_ids = disc.adapter_param_ids()
-    total = trainable = outside = 0
-    outside_names = []
-    for n, p in model.named_parameters():
-        total += p.numel()
-        if p.requires_grad:
-            trainable += p.numel()
-            if id(p) not in adapter_ids:
-                outside += p.numel()
-                outside_names.append(n)
-    pct = 100.0 * trainable / total if total else 0.0
-    if outside:
-        # The one finding for this cause: LD404, LD406 and LD304 point here for what follows
-        # from it (base gradients, base weights that move, fp16 losing base gradients).
-        findings.append(uneven_adapter_coverage.finding(
-            f"{outside:,} trainable parameters are outside the adapters ({len(outside_names)} "
-            f"tensors, e.g. {outside_names[0]}): the base is not frozen, so {pct:.2f}% of the "
-            f"model trains. A training script may still freeze it after the apply function; "
-            f"--freeze-base (freeze_base=True) checks the pipeline as such a script trains it",
-            location=outside_names[0],
-            evidence={"trainable": trainable, "total": total, "outside_adapters": outside,
-                      "tensors": outside_names[:50], "freeze_base": False,
-                      "follows": ["LD304", "LD404", "LD406"]},
-            fix="freeze the base (p.requires_grad = False for every parameter) before "
-                "attaching the adapters, or rerun with --freeze-base if your training script "
-                "freezes it"))
-    ctx.summary.update({"adapters": len(disc.adapters), "linear_layers": len(disc.linears),
-                        "trainable_parameters": trainable, "trainable_percent": round(pct, 4)})
-    n_adapted = sum(1 for n in disc.linears if n in adapted)
-    summary = (f"{n_adapted} of {len(disc.linears)} linear layers adapted; {trainable:,} of "
-               f"{total:,} parameters trainable ({pct:.2f}%)")
-    frozen = frozen_by_us(ctx)
-    if frozen is not None:
-        summary += (f"; --freeze-base froze {frozen.numel:,} base parameters in "
-                    f"{len(frozen.frozen)} tensors" if frozen.frozen else
-                    "; --freeze-base found the base already frozen")
-        ctx.summary["freeze_base"] = {"tensors": len(frozen.frozen), "parameters": frozen.numel}
-    return Outcome(findings, summary=summary, views=[_coverage_table(cells, kinds, layers)])
+    return findings
+
+
+def _unfrozen_base(count):
+    """LD210's one finding for a base left trainable: LD404, LD406 and LD304 point here for
+    what follows from it (base gradients, base weights that move, fp16 losing base
+    gradients)."""
+    names = count.outside_names
+    return uneven_adapter_coverage.finding(
+        f"{count.outside:,} trainable parameters are outside the adapters ({len(names)} "
+        f"tensors, e.g. {names[0]}): the base is not frozen, so {count.percent:.2f}% of the "
+        f"model trains. A training script may still freeze it after the apply function; "
+        f"--freeze-base (freeze_base=True) checks the pipeline as such a script trains it",
+        location=names[0],
+        evidence={"trainable": count.trainable, "total": count.total,
+                  "outside_adapters": count.outside, "tensors": names[:50], "freeze_base": False,
+                  "follows": ["LD304", "LD404", "LD406"]},
+        fix="freeze the base (p.requires_grad = False for every parameter) before "
+            "attaching the adapters, or rerun with --freeze-base if your training script "
+            "freezes it")
 
 
 def _coverage_table(cells, kinds, layers) -> Table:
@@ -669,11 +662,6 @@ def _coverage_table(cells, kinds, layers) -> Table:
         rows.append(["outside layers", *[cells[None].get(k, "") if k in cells[None] else ""
                                          for k in kinds]])
     return Table("adapter coverage (✓ adapted, · not adapted)", ["layers", *kinds], rows)
-
-
-def _ranges(values: list[int]) -> str:
-    from ..model.layer_names import layer_ranges
-    return layer_ranges(values)
 
 
 RULES = [closure_aliased_forward, forward_patched_on_class, module_patched_twice,

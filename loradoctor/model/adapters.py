@@ -149,7 +149,8 @@ class Discovery:
     """Every adapter in a model, and every linear layer it could have adapted."""
 
     adapters: list[Adapter]
-    linears: dict[str, nn.Module]      # canonical name -> base linear layer (adapters' bases included)
+    # canonical name -> base linear layer (the adapters' bases included)
+    linears: dict[str, nn.Module]
     module_names: dict[int, str]       # id(module) -> name in the adapted model
     class_patched: list[dict] = field(default_factory=list)
     factor_ids: set[int] = field(default_factory=set)
@@ -332,8 +333,9 @@ def _pair(host: nn.Module, base: nn.Module, out_in: tuple[int, int], names, pref
     a magnitude vector) counts, so an attention block with several linears is never mistaken
     for a wrapper.
     """
+    own = (getattr(host, "weight", None), getattr(host, "bias", None))
     base_params = {id(p) for p in base.parameters()} if base is not host else \
-        {id(p) for p in (getattr(host, "weight", None), getattr(host, "bias", None)) if p is not None}
+        {id(p) for p in own if p is not None}
     extra = []
     for pname, p in host.named_parameters():
         if id(p) in base_params:

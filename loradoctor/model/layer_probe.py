@@ -96,7 +96,8 @@ def _module_probe(ctx) -> ModuleProbe:
             except Exception as exc:  # noqa: BLE001 - the user's forward raising is a finding
                 v.status, v.error = "crash", one_line(exc)
                 hinted = [o.in_features for o in adapters if o.name in v.static_forward_of]
-                for w in _ordered(hinted + widths, set(widths)):  # where does it run? that names what
+                # Where does it run? The width names whose weights it computes with.
+                for w in _ordered(hinted + widths, set(widths)):
                     if w == a.in_features:
                         continue
                     try:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from .layer_names import layer_ranges
 
@@ -40,7 +40,7 @@ CLOSEST = 3
 class Unmatched:
     """One config entry that matches no module."""
 
-    field: str                 # target_modules | modules_to_save | layers_to_transform | layers_pattern
+    field: str  # target_modules | modules_to_save | layers_to_transform | layers_pattern
     entry: Any                 # the entry as written (a name, a regex alternative, a layer index)
     adapter: str               # PEFT adapter name ("default")
     pattern: str | None = None  # the whole regex, when the entry is one of its alternatives
@@ -206,55 +206,52 @@ def _fullmatch(pattern: str, name: str) -> bool:
         return False
 
 
-def _split_top(text: str) -> list[str]:
-    """Split on `|` outside groups and character classes (escapes respected)."""
-    parts, depth, in_class, cur, i = [], 0, False, "", 0
+def _tokens(text: str) -> Iterator[tuple[int, str, bool]]:
+    """(index, token, structural) of a regex: an escape is one two-character token; `(`, `)`
+    and `|` outside a character class are structural, everything else is not."""
+    i, in_class = 0, False
     while i < len(text):
         c = text[i]
         if c == "\\" and i + 1 < len(text):
-            cur += text[i:i + 2]
+            yield i, text[i:i + 2], False
             i += 2
             continue
         if in_class:
             in_class = c != "]"
-        elif c == "[":
-            in_class = True
-        elif c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-        elif c == "|" and depth == 0:
+            yield i, c, False
+        else:
+            in_class = c == "["
+            yield i, c, c in "()|"
+        i += 1
+
+
+def _split_top(text: str) -> list[str]:
+    """Split on `|` outside groups and character classes (escapes respected)."""
+    parts, depth, cur = [], 0, ""
+    for _, token, structural in _tokens(text):
+        if structural and token == "|" and depth == 0:
             parts.append(cur)
             cur = ""
-            i += 1
             continue
-        cur += c
-        i += 1
+        if structural:
+            depth += {"(": 1, ")": -1}.get(token, 0)
+        cur += token
     parts.append(cur)
     return parts
 
 
 def _innermost_groups(text: str) -> list[tuple[int, int]]:
     """(start, end) of every group `( ... )` holding no other group (end: index of `)`)."""
-    out, stack, i, in_class = [], [], 0, False
-    while i < len(text):
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if in_class:
-            in_class = c != "]"
-        elif c == "[":
-            in_class = True
-        elif c == "(":
+    out, stack = [], []
+    for i, token, structural in _tokens(text):
+        if structural and token == "(":
             stack.append([i, True])
-        elif c == ")" and stack:
+        elif structural and token == ")" and stack:
             start, innermost = stack.pop()
             if innermost:
                 out.append((start, i))
             if stack:
                 stack[-1][1] = False
-        i += 1
     return out
 
 

@@ -91,7 +91,8 @@ def changes(model: nn.Module, before: dict) -> list[str]:
     after = snapshot(model)
     out = []
     if set(after["state"]) != set(before["state"]):
-        out.append(f"state_dict keys changed: {sorted(set(after['state']) ^ set(before['state']))[:5]}")
+        changed = sorted(set(after["state"]) ^ set(before["state"]))
+        out.append(f"state_dict keys changed: {changed[:5]}")
     for k, v in before["state"].items():
         w = after["state"].get(k)
         if w is not None and (w.shape != v.shape or w.dtype != v.dtype or not torch.equal(w, v)):

@@ -52,7 +52,7 @@ def _train(model_dir, fn_name: str, kwargs: dict, *, scaler: bool) -> dict:
     from ..inputs.pretrained import load_model
     from ..model.convention import call, loss
     from ..model.numerics import specimens
-    from ..model.numerics.passes import ModuleRecorder
+    from ..model.numerics.recorder import ModuleRecorder
 
     torch.manual_seed(0)
     model = load_model(model_dir, "fp32", "cpu")
@@ -91,7 +91,8 @@ def _smollm2_headroom() -> str:
     from ..context import ModelContext
     from ..errors import InputError
     from ..model.convention import call
-    from ..model.numerics.passes import FP16_MAX, ModuleRecorder
+    from ..model.numerics.passes import FP16_MAX
+    from ..model.numerics.recorder import ModuleRecorder
 
     try:
         from ..assets import smollm2_dir

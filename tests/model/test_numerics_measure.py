@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from loradoctor.inputs.pretrained import load_model
-from loradoctor.model.numerics.passes import (FP16_MAX, DtypePass, Measurement, ModuleStat,
-                                         NumericsOptions, Trainable, dtype_support, measure)
+from loradoctor.model.numerics.passes import (FP16_MAX, DtypePass, Measurement, NumericsOptions,
+                                              Trainable, dtype_support, measure)
+from loradoctor.model.numerics.recorder import ModuleStat
 from loradoctor.model.numerics.verdict import dtype_verdicts, verdict_line
 
 from ..conftest import PIPELINES

@@ -100,6 +100,21 @@ def test_numerics_and_persistence_are_skipped_with_the_reason(cli, tiny_qwen3_di
     assert not data["findings"]
 
 
+def test_numerics_and_persistence_declare_they_cannot_run_offloaded():
+    from loradoctor import registry
+    from loradoctor.rules import SkipCheck
+    rules = registry.applicable(registry.MODEL_RULES, static=False, offload=True)
+    for before, after in zip(registry.MODEL_RULES, rules):
+        assert before.runs_offloaded == (not before.code.startswith(("LD3", "LD5")))
+        if before.runs_offloaded:
+            assert after is before
+            continue
+        what = "casts the whole model" if before.code.startswith("LD3") else \
+            "writes into the base weights"
+        with pytest.raises(SkipCheck, match=f"^offloaded weights .*this rule {what}"):
+            after.check(None)
+
+
 def test_adapters_created_on_an_offloaded_meta_weight_fall_back_to_static_mode(
         cli, tiny_qwen3_dir):
     # lora_common.attach does LoRA(...).to(module.weight.device): meta for an offloaded layer.

@@ -195,6 +195,24 @@ def test_the_skipped_rules_say_why(cli, small_dir):
     assert not {c["code"] for c in skipped} & set(registry.static_codes()) - {"LD205"}
 
 
+def test_the_rules_that_need_no_values_run_and_the_others_skip_saying_why():
+    from types import SimpleNamespace
+
+    from loradoctor.rules import SkipCheck
+    assert registry.static_codes() == ["LD201", "LD202", "LD203", "LD204", "LD205", "LD210",
+                                       "LD405"]
+    ctx = SimpleNamespace(static_why="--static")
+    for before, after in zip(registry.MODEL_RULES, registry.applicable(
+            registry.MODEL_RULES, static=True, offload=True)):
+        assert after.doc == before.doc
+        if before.code in registry.static_codes():
+            assert after is before
+            continue
+        with pytest.raises(SkipCheck, match=r"^static mode \(--static\): this rule needs "
+                                            r"weight values \(a forward pass or"):
+            after.check(ctx)
+
+
 def test_weights_that_do_not_fit_switch_to_static_mode(tmp_path, monkeypatch):
     d = config_only(tmp_path / "big", **SMALL)
     (d / "model.safetensors.index.json").write_text(json.dumps(

@@ -1,16 +1,19 @@
 """Numerics: the same probe batch through the adapted model in fp32, fp16 and bf16.
 
-`passes.py` runs one forward+backward per dtype with hooks on every module (the largest
-absolute output and output-gradient of each module, the first module whose output or gradient
-is inf/nan, the loss and logits against fp32, the trainable gradients that fp16 loses), casting
-the user's model in place and restoring it exactly. `verdict.py` turns those figures into the
-per-dtype verdict ("trains in: fp32 ✓ bf16 ✓ fp16 ✗ (...)"). `specimens.py` builds the small
-constructed models and LoRA set-ups with documented numerics problems that the tests, the
-fixtures and the reference runs use. The rules themselves live in `checks/numerics.py`.
+`passes.py` runs one forward+backward per dtype, casting the user's model in place and
+restoring it exactly, with `recorder.py`'s hooks on every module (the largest absolute output
+and output-gradient of each module, the first module whose output or gradient is inf/nan); it
+compares the loss, the logits and the trainable gradients with fp32 (those fp16 loses).
+`verdict.py` turns those figures into the per-dtype verdict ("trains in: fp32 ✓ bf16 ✓ fp16 ✗
+(...)"); `figures.py` measures them once per run and derives what the rules read (a GradScaler's
+estimate, the adapters' and the base's lost gradients, a simulated AdamW step).
+`specimens.py` builds the small constructed models and LoRA set-ups with documented numerics
+problems that the tests, the fixtures and the reference runs use. The rules themselves live in
+`checks/numerics.py`.
 """
 
-from .passes import (FP16_MAX, FP16_TINY, DtypePass, Measurement, ModuleStat, NumericsOptions,
-                      measure)
+from .passes import FP16_MAX, FP16_TINY, DtypePass, Measurement, NumericsOptions, measure
+from .recorder import ModuleStat
 
 __all__ = ["FP16_MAX", "FP16_TINY", "DtypePass", "Measurement", "ModuleStat", "NumericsOptions",
            "measure"]

@@ -24,8 +24,8 @@ A pass is `model.to(dtype)` semantics: every floating parameter and buffer in th
 (base and adapters alike), the loss as the model computes it (Hugging Face upcasts logits to
 fp32 for the loss), no autocast and no loss scaling: what a "load in fp16 and train" run does
 on its first step. The model is called, and its labels given, the way its own convention
-says (`model.convention`: transformers' keywords, or nanoGPT's `idx`/`targets`). The model runs in eval mode (no dropout) so that dtypes are compared on the
-same computation.
+says (`model.convention`: transformers' keywords, or nanoGPT's `idx`/`targets`). The model
+runs in eval mode (no dropout) so that dtypes are compared on the same computation.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from typing import Any, Callable
 from ..convention import HF, LossConvention, call, logits_of, scored_loss
 from ..convention import loss as model_loss
 from ..memory import releasing
+from .recorder import ModuleRecorder, ModuleStat, peak_of
 from ...text import one_line
 
 FP16_MAX = 65504.0  # the largest finite fp16 value
@@ -62,19 +63,6 @@ class NumericsOptions:
     adamw_eps: float = 1e-8
     adamw_weight_decay: float = 0.01
     grad_sample_budget: int = 4_000_000  # trainable gradient values kept per dtype (strided)
-
-
-@dataclass
-class ModuleStat:
-    """One module's figures in one pass (peaks are max |value|; nan when a nan was seen)."""
-
-    name: str
-    order: int
-    peak: float
-    finite: bool
-    grad_order: int | None = None
-    grad_peak: float | None = None
-    grad_finite: bool | None = None
 
 
 @dataclass
@@ -272,120 +260,6 @@ def preserved(model):
             torch.cuda.set_rng_state_all(cuda_rng)
 
 
-# --- hooks -------------------------------------------------------------------------------------
-
-
-def _float_tensors(value, depth: int = 0) -> list:
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return [value] if value.is_floating_point() and value.numel() else []
-    if depth >= 2:
-        return []
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _float_tensors(v, depth + 1)]
-    if isinstance(value, dict):  # includes transformers' ModelOutput
-        return [t for v in value.values() for t in _float_tensors(v, depth + 1)]
-    return []
-
-
-def _peak(t):
-    """max |t| as a 0-d tensor on t's device (nan if t holds a nan); no host sync."""
-    import torch
-
-    lo, hi = torch.aminmax(t.detach())
-    return torch.maximum(lo.abs(), hi.abs()).float()
-
-
-class ModuleRecorder:
-    """Forward hooks on every named module (and gradient hooks on their outputs).
-
-    Records 0-d peak tensors and the order of events; `stats()` turns them into `ModuleStat`s
-    with one host transfer. A parent module whose output is the very tensor its last child
-    returned (an MLP and its down_proj) reuses the child's figure instead of scanning it again.
-    """
-
-    def __init__(self, model, backward: bool = True):
-        self.model = model
-        self.backward = backward
-        self.names: list[str] = []
-        self.fwd: list[tuple[int, Any]] = []  # (module index, peak) in completion order
-        self.bwd: list[tuple[int, Any]] = []  # (module index, grad peak) in backward order
-        self._handles: list = []
-        self._last_t = self._last_peak = None
-        self._last_g = self._last_gpeak = None
-
-    def __enter__(self):
-        for name, module in self.model.named_modules():
-            if not name:
-                continue  # the root: its output is the logits (lm_head's) and the loss
-            idx = len(self.names)
-            self.names.append(name)
-            self._handles.append(module.register_forward_hook(self._forward_hook(idx)))
-        return self
-
-    def __exit__(self, *exc):
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-        self._last_t = self._last_peak = self._last_g = self._last_gpeak = None
-        return False
-
-    def _forward_hook(self, idx: int) -> Callable:
-        import torch
-
-        def hook(module, args, output):
-            peaks = []
-            for t in _float_tensors(output):
-                if t is self._last_t:
-                    peak = self._last_peak  # the child's very tensor: no second scan
-                else:
-                    peak = _peak(t)
-                    self._last_t, self._last_peak = t, peak
-                peaks.append(peak)
-                if self.backward and t.requires_grad:
-                    self._handles.append(t.register_hook(self._grad_hook(idx)))
-            if peaks:
-                self.fwd.append((idx, peaks[0] if len(peaks) == 1 else torch.stack(peaks).max()))
-        return hook
-
-    def _grad_hook(self, idx: int) -> Callable:
-        def hook(grad):
-            if grad is self._last_g:
-                peak = self._last_gpeak
-            else:
-                peak = _peak(grad)
-                self._last_g, self._last_gpeak = grad, peak
-            self.bwd.append((idx, peak))
-        return hook
-
-    def stats(self) -> list[ModuleStat]:
-        import torch
-
-        if not self.fwd:
-            return []
-        fwd = torch.stack([p for _, p in self.fwd]).cpu().tolist()
-        bwd = torch.stack([p for _, p in self.bwd]).cpu().tolist() if self.bwd else []
-        out: dict[int, ModuleStat] = {}
-        for order, ((idx, _), peak) in enumerate(zip(self.fwd, fwd)):
-            finite = math.isfinite(peak)
-            s = out.get(idx)
-            if s is None:
-                out[idx] = ModuleStat(self.names[idx], order, peak, finite)
-            else:
-                s.peak = peak if not finite or not s.finite else max(s.peak, peak)
-                s.finite = s.finite and finite
-        for order, ((idx, _), peak) in enumerate(zip(self.bwd, bwd)):
-            s = out[idx]
-            finite = math.isfinite(peak)
-            if s.grad_order is None:
-                s.grad_order, s.grad_peak, s.grad_finite = order, peak, finite
-            else:
-                s.grad_peak = peak if not finite or not s.grad_finite else max(s.grad_peak, peak)
-                s.grad_finite = s.grad_finite and finite
-        return sorted(out.values(), key=lambda s: s.order)
-
-
 # --- one pass ----------------------------------------------------------------------------------
 
 
@@ -432,7 +306,7 @@ def run_pass(model, probe: dict, dtype: str, device: str, trainable: list[tuple[
             if ref is None:
                 ref_logits = logits.detach().float()
                 new_ref = _Reference(ref_logits, ref_logits.argmax(-1),
-                                     float(_peak(ref_logits)), result.loss)
+                                     float(peak_of(ref_logits)), result.loss)
             else:
                 _compare_logits(result, logits.detach(), ref)
             if dtype != "fp32":

@@ -45,6 +45,16 @@ def _specimen(name: str, scale) -> Path:
     return build_atomically(cache_dir() / f"numerics-{name}-v{SPECIMENS_VERSION}", build)
 
 
+def _layer_1_mlp_scaled(down_scale: float):
+    """Layer 1's post-attention norm gain times `LARGE_ACTIVATION_NORM_GAIN` and its MLP's
+    down_proj weight times `down_scale`: the MLP output grows by both."""
+    def scale(model):
+        layer = model.model.layers[1]
+        layer.post_attention_layernorm.weight.mul_(LARGE_ACTIVATION_NORM_GAIN)
+        layer.mlp.down_proj.weight.mul_(down_scale)
+    return scale
+
+
 def large_activation_dir() -> Path:
     """A tiny Llama whose layer-1 MLP output passes 65,504: the T5 fp16 overflow pattern.
 
@@ -64,11 +74,7 @@ def large_activation_dir() -> Path:
     In fp16 the first module whose output is inf is `model.layers.1.mlp.down_proj`; the loss
     is nan. In bf16 every value stays finite and the loss matches fp32 to about 1e-3.
     """
-    def scale(model):
-        layer = model.model.layers[1]
-        layer.post_attention_layernorm.weight.mul_(LARGE_ACTIVATION_NORM_GAIN)
-        layer.mlp.down_proj.weight.mul_(LARGE_ACTIVATION_DOWN_SCALE)
-    return _specimen("large-activation", scale)
+    return _specimen("large-activation", _layer_1_mlp_scaled(LARGE_ACTIVATION_DOWN_SCALE))
 
 
 def low_headroom_dir() -> Path:
@@ -82,11 +88,7 @@ def low_headroom_dir() -> Path:
     precision: a residual stream near 22,000 has an fp16 spacing of 16, and the LoRA gradient's
     direction departs from fp32's (the verdict shows it).
     """
-    def scale(model):
-        layer = model.model.layers[1]
-        layer.post_attention_layernorm.weight.mul_(LARGE_ACTIVATION_NORM_GAIN)
-        layer.mlp.down_proj.weight.mul_(LOW_HEADROOM_DOWN_SCALE)
-    return _specimen("low-headroom", scale)
+    return _specimen("low-headroom", _layer_1_mlp_scaled(LOW_HEADROOM_DOWN_SCALE))
 
 
 def attention_logit_growth_dir() -> Path:

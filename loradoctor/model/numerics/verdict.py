@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .passes import FP16_MAX, DtypePass, Measurement, ModuleStat, NumericsOptions
+from .passes import FP16_MAX, DtypePass, Measurement, NumericsOptions
+from .recorder import ModuleStat
 
 MARKS = {"ok": "✓", "warn": "!", "fail": "✗", "skip": "-"}
 
@@ -182,3 +183,19 @@ def verdict_line(verdicts: list[DtypeVerdict]) -> str:
 def _short(text: str, limit: int = 80) -> str:
     text = text.strip()
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def bf16_clean(m: Measurement, opts: NumericsOptions) -> tuple[bool | None, str]:
+    """Whether bf16 was measured clean on this batch, and the sentence that says so."""
+    p = m.get("bf16")
+    if p is None or not p.ran:
+        why = "not among --dtypes" if p is None else p.error
+        return None, f"bf16 not measured here ({why})"
+    if not p.finite:
+        bad = p.first_bad_forward or p.first_bad_backward
+        where = bad.name if bad else f"loss {p.loss}"
+        return False, f"bf16 also fails on this batch ({where})"
+    if divergence(p, opts):
+        return False, f"bf16 runs finite but departs from fp32 ({'; '.join(divergence(p, opts))})"
+    return True, (f"bf16 measured clean on the same batch: loss {p.loss:.4f} vs fp32 "
+                  f"{m.fp32.loss:.4f}, no inf/nan")

@@ -185,7 +185,8 @@ def _user_effect(ctx, art: Artifact, base, base_logits, eff: Effect) -> None:
     eff.adapters = len(found)
     names = {id(t): n for n, t in model.state_dict(keep_vars=True).items()}
     eff.expected_keys = sorted({names[id(t)] for a in found for t in (a.A, a.B) if id(t) in names})
-    before = {k: (a.A.detach().clone(), a.B.detach().clone()) for k, a in zip(adapter_keys(found), found)}
+    before = {k: (a.A.detach().clone(), a.B.detach().clone())
+              for k, a in zip(adapter_keys(found), found)}
     try:
         with user_code():
             art.load_fn(model, str(art.path))
