@@ -25,9 +25,9 @@ def findings(result) -> dict[str, list[dict]]:
 
 
 def test_qwen3s_missing_bos_makes_the_minimind_dataset_fail_with_ld101_and_ld102(
-        cli_subprocess, qwen3_tokenizer_dir):
-    result = cli_subprocess("check-dataset", PERSONA, "--tokenizer", qwen3_tokenizer_dir,
-                            "--dataset", f"{MINIMIND}:LoRADataset", "--json")
+        cli, qwen3_tokenizer_dir):
+    result = cli("check-dataset", PERSONA, "--tokenizer", qwen3_tokenizer_dir,
+                 "--dataset", f"{MINIMIND}:LoRADataset", "--json")
     assert result.code == 1, result.err
     found = findings(result)  # stdout is exactly one JSON object
     assert set(found) == {"LD101", "LD102"}

@@ -183,6 +183,7 @@ def test_fp32_adapters_on_an_fp16_base_are_not_flagged_but_fp16_adapters_are(cli
     assert "fp32: their own master weights" in ld305_good["summary"]
 
 
+@pytest.mark.slow  # a separate process: a torch import of its own
 def test_an_exit_code_and_pure_json_stdout_from_a_separate_process(cli_subprocess):
     from loradoctor.model.numerics.specimens import large_activation_dir
     result = cli_subprocess("check-model", "--model", large_activation_dir(), "--apply", MINIMIND,

@@ -139,6 +139,7 @@ def test_the_doctor_view_shows_the_aliasing_pairs_and_the_coverage_table(cli, ti
     assert "adapter coverage" in out and "gate" in out and "down" in out
 
 
+@pytest.mark.slow  # a separate process: a torch import of its own
 def test_the_closure_bug_exits_1_with_pure_json_through_the_real_process(cli_subprocess,
                                                                          tiny_llama_dir):
     result = cli_subprocess("check-model", "--model", tiny_llama_dir, "--apply",
@@ -255,10 +256,10 @@ def test_layer_indexes_past_the_models_depth_are_named(cli, tiny_llama_dir):
                         for i in (2, 3)]
 
 
-def test_a_typo_in_peft_on_the_command_line_is_an_error(cli_subprocess, tiny_llama_dir):
-    result = cli_subprocess("check-model", "--model", tiny_llama_dir, "--peft",
-                            "r=8,lora_alpha=16,target_modules=q_proj,v_proj,down_poj",
-                            "--select", "LD205", "--json")
+def test_a_typo_in_peft_on_the_command_line_is_an_error(cli, tiny_llama_dir):
+    result = cli("check-model", "--model", tiny_llama_dir, "--peft",
+                 "r=8,lora_alpha=16,target_modules=q_proj,v_proj,down_poj",
+                 "--select", "LD205", "--json")
     assert result.code == 1, result.err
     (finding,) = json.loads(result.out)["findings"]
     assert finding["evidence"]["entry"] == "down_poj"

@@ -1,6 +1,8 @@
 """The command line as a user meets it: help, rules, JSON, exit codes, and every bad input.
 
-Every bad-input case runs `python -m loradoctor` in its own process, as a user would.
+Bad-input cases run the real CLI in this process (the `cli` fixture: the same parsing, engine
+and renderer). What only a separate process shows, the exit code and a stdout that holds the
+report alone, is checked through `python -m loradoctor` (`cli_subprocess`) for each command.
 
 Bad input always means exit code 2 and one line on stderr that names the place, with no
 traceback (the traceback only under -v), and nothing of the user's changed.
@@ -19,6 +21,8 @@ from ..conftest import DATA, FIXTURES, PIPELINES
 from ..helpers import assert_clean_input_error, tree_digest
 
 BAD = FIXTURES / "bad_inputs"
+
+pytestmark = pytest.mark.usefixtures("load_each_tokenizer_once")
 
 
 def test_help_works_for_every_command(cli_subprocess):
@@ -66,6 +70,7 @@ def test_an_unknown_rule_code_is_a_usage_error(cli):
     assert_clean_input_error(cli("rules", "LD999"), "no rule 'LD999'")
 
 
+@pytest.mark.slow  # a separate process: a torch import of its own
 def test_json_output_is_exactly_one_object_on_stdout(cli_subprocess, qwen3_tokenizer_dir):
     result = cli_subprocess(
         "check-dataset",
@@ -101,10 +106,10 @@ def test_one_bad_record_among_many_is_a_finding_and_the_rest_is_still_checked(
 
 
 def test_broken_json_lines_are_findings_with_their_line_and_the_rest_is_checked(
-    cli_subprocess, qwen3_tokenizer_dir
+    cli, qwen3_tokenizer_dir
 ):
-    result = cli_subprocess("check-dataset", DATA / "broken_lines.jsonl", "--tokenizer",
-                            qwen3_tokenizer_dir, "--json")
+    result = cli("check-dataset", DATA / "broken_lines.jsonl", "--tokenizer", qwen3_tokenizer_dir,
+                 "--json")
     assert result.code == 1, result.err
     data = json.loads(result.out)
     ld100 = [f for f in data["findings"] if f["code"] == "LD100"]
@@ -154,28 +159,28 @@ def test_a_few_broken_lines_among_many_are_all_counted_and_the_first_thousand_ke
     ],
 )
 def test_unreadable_data_files_exit_2_naming_the_file_and_line(
-    cli_subprocess, qwen3_tokenizer_dir, data, fragments
+    cli, qwen3_tokenizer_dir, data, fragments
 ):
     assert_clean_input_error(
-        cli_subprocess("check-dataset", DATA / data, "--tokenizer", qwen3_tokenizer_dir), *fragments
+        cli("check-dataset", DATA / data, "--tokenizer", qwen3_tokenizer_dir), *fragments
     )
 
 
-def test_a_missing_tokenizer_directory_and_a_hub_id_exit_2(cli_subprocess):
+def test_a_missing_tokenizer_directory_and_a_hub_id_exit_2(cli):
     assert_clean_input_error(
-        cli_subprocess(
+        cli(
             "check-dataset", DATA / "persona.jsonl", "--tokenizer", "/no/such/tokenizer"
         ),
         "/no/such/tokenizer",
         "no such directory",
     )
     assert_clean_input_error(
-        cli_subprocess("check-dataset", DATA / "persona.jsonl", "--tokenizer", "Qwen/Qwen3-0.6B"),
+        cli("check-dataset", DATA / "persona.jsonl", "--tokenizer", "Qwen/Qwen3-0.6B"),
         "never downloads from a hub",
     )
 
 
-def test_a_tokenizer_without_a_chat_template_exits_2(cli_subprocess, qwen3_tokenizer_dir, tmp_path):
+def test_a_tokenizer_without_a_chat_template_exits_2(cli, qwen3_tokenizer_dir, tmp_path):
     plain = tmp_path / "no-template"
     shutil.copytree(qwen3_tokenizer_dir, plain)
     (plain / "chat_template.jinja").unlink(missing_ok=True)
@@ -183,7 +188,7 @@ def test_a_tokenizer_without_a_chat_template_exits_2(cli_subprocess, qwen3_token
     cfg.pop("chat_template", None)
     (plain / "tokenizer_config.json").write_text(json.dumps(cfg))
     assert_clean_input_error(
-        cli_subprocess("check-dataset", DATA / "persona.jsonl", "--tokenizer", plain),
+        cli("check-dataset", DATA / "persona.jsonl", "--tokenizer", plain),
         str(plain),
         "has no chat template",
     )
@@ -198,10 +203,10 @@ def test_a_tokenizer_without_a_chat_template_exits_2(cli_subprocess, qwen3_token
     ],
 )
 def test_a_dataset_spec_that_cannot_load_exits_2(
-    cli_subprocess, qwen3_tokenizer_dir, spec, fragments
+    cli, qwen3_tokenizer_dir, spec, fragments
 ):
     assert_clean_input_error(
-        cli_subprocess(
+        cli(
             "check-dataset",
             DATA / "persona.jsonl",
             "--tokenizer",
@@ -213,9 +218,9 @@ def test_a_dataset_spec_that_cannot_load_exits_2(
     )
 
 
-def test_an_apply_function_that_raises_exits_2_naming_its_line(cli_subprocess, tiny_llama_dir):
+def test_an_apply_function_that_raises_exits_2_naming_its_line(cli, tiny_llama_dir):
     assert_clean_input_error(
-        cli_subprocess(
+        cli(
             "check-model",
             "--model",
             tiny_llama_dir,
@@ -227,12 +232,12 @@ def test_an_apply_function_that_raises_exits_2_naming_its_line(cli_subprocess, t
     )
 
 
-def test_a_missing_model_directory_and_bad_apply_args_exit_2(cli_subprocess, tiny_llama_dir):
+def test_a_missing_model_directory_and_bad_apply_args_exit_2(cli, tiny_llama_dir):
     assert_clean_input_error(
-        cli_subprocess("check-model", "--model", "/no/such/model"), "no such directory"
+        cli("check-model", "--model", "/no/such/model"), "no such directory"
     )
     assert_clean_input_error(
-        cli_subprocess(
+        cli(
             "check-model",
             "--model",
             tiny_llama_dir,
@@ -244,7 +249,7 @@ def test_a_missing_model_directory_and_bad_apply_args_exit_2(cli_subprocess, tin
         "unexpected keyword argument 'ranks'",
     )
     assert_clean_input_error(
-        cli_subprocess("check-model", "--model", tiny_llama_dir, "--dtypes", "fp8"), "dtype 'fp8'"
+        cli("check-model", "--model", tiny_llama_dir, "--dtypes", "fp8"), "dtype 'fp8'"
     )
 
 
@@ -260,12 +265,21 @@ def test_verbose_shows_the_traceback_of_an_input_error(cli, tiny_llama_dir):
     assert result.code == 2 and "Traceback" in result.err
 
 
+@pytest.mark.slow  # a separate process: a torch import of its own
 def test_bad_input_exits_2_through_the_real_process(cli_subprocess, qwen3_tokenizer_dir):
     result = cli_subprocess(
         "check-dataset", DATA / "not_json.jsonl", "--tokenizer", qwen3_tokenizer_dir
     )
     assert_clean_input_error(result, "not_json.jsonl:1")
     assert result.out == ""
+
+
+def test_rules_exits_0_and_an_unknown_code_2_through_the_real_process(cli_subprocess):
+    listed = cli_subprocess("rules")
+    assert listed.code == 0 and "LD100" in listed.out
+    unknown = cli_subprocess("rules", "LD999")
+    assert_clean_input_error(unknown, "no rule 'LD999'")
+    assert unknown.out == ""
 
 
 def test_usage_errors_exit_2(cli_subprocess):
@@ -302,6 +316,7 @@ def test_nothing_of_the_users_is_changed(cli, qwen3_tokenizer_dir, tiny_llama_di
     assert not (code / "__pycache__").exists()
 
 
+@pytest.mark.slow  # a separate process: a torch import of its own
 def test_prints_from_the_users_code_stay_off_stdout_under_json(cli_subprocess, tiny_llama_dir):
     result = cli_subprocess(
         "check-model",

@@ -269,9 +269,8 @@ def test_a_bias_in_a_makes_the_merged_adapter_differ(cli, user_files, tiny_qwen3
 # --- inputs -------------------------------------------------------------------------------
 
 
-def test_unreadable_artifacts_exit_2_naming_the_file(cli_subprocess, adapters, tiny_qwen3_dir,
-                                                     tmp_path):
-    run = functools.partial(cli_subprocess, "check-adapter")
+def test_unreadable_artifacts_exit_2_naming_the_file(cli, adapters, tiny_qwen3_dir, tmp_path):
+    run = functools.partial(cli, "check-adapter")
     assert_clean_input_error(run(tmp_path / "missing", "--model", tiny_qwen3_dir),
                               "no such file or directory")
     assert_clean_input_error(run(tmp_path, "--model", tiny_qwen3_dir),
@@ -289,6 +288,7 @@ def test_unreadable_artifacts_exit_2_naming_the_file(cli_subprocess, adapters, t
                                   f"{LORA / 'ld210.py'}:good"), "no load function beside it")
 
 
+@pytest.mark.slow  # a separate process: a torch import of its own
 def test_json_output_is_one_object_through_the_real_process(cli_subprocess, adapters,
                                                             tiny_qwen3_dir):
     result = cli_subprocess("check-adapter", adapters["ddp_prefix"], "--model", tiny_qwen3_dir,
