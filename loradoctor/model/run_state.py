@@ -47,15 +47,27 @@ class WatchState:
 
 
 def trainable_grad_norm(trainable: list) -> float | None:
-    """The norm of the trainable parameters' gradients (None when none has one yet)."""
+    """The norm of the trainable parameters' gradients (None when none has one yet).
+
+    Under FSDP2 (`fully_shard`) a gradient is a DTensor holding this rank's shard: the norms
+    of the shards are joined into the full norm (one collective), so every rank reads the
+    norm of the whole gradient, as a training loop's clipping does."""
     import torch
 
     grads = [p.grad for p in trainable if p.grad is not None]
     if not grads:
         return None
-    norms = torch._foreach_norm(grads)
-    return float(torch.linalg.vector_norm(torch.stack([n.float().to(norms[0].device)
-                                                       for n in norms])))
+    sharded = [g for g in grads if hasattr(g, "full_tensor")]
+    plain = [g for g in grads if not hasattr(g, "full_tensor")]
+    totals = []
+    for group in (sharded, plain):
+        if not group:
+            continue
+        norms = torch._foreach_norm(group)
+        total = torch.linalg.vector_norm(torch.stack([n.float().to(norms[0].device)
+                                                      for n in norms]))
+        totals.append(float(total.full_tensor() if hasattr(total, "full_tensor") else total))
+    return totals[0] if len(totals) == 1 else math.sqrt(sum(t * t for t in totals))
 
 
 def zero_b_adapters(adapters: list) -> list[str]:

@@ -19,14 +19,15 @@ from loradoctor.findings import CheckResult, Finding, Report, Severity, Status
 from ..conftest import FIXTURES, ROOT
 
 SCRIPT = FIXTURES / "distributed" / "ddp_train.py"
+FSDP_NORM = FIXTURES / "distributed" / "fsdp_norm.py"
 
 
-def _torchrun(*args, timeout: int = 600) -> tuple[int, str, dict[int, str]]:
+def _torchrun(*args, script=SCRIPT, timeout: int = 600) -> tuple[int, str, dict[int, str]]:
     """Run the script on 2 processes: (exit code, all output, each rank's `RANK r:` line)."""
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "0",
-                           str(SCRIPT), *map(str, args)], capture_output=True, text=True,
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2",
+                           str(script), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=ROOT)
     out = proc.stdout + proc.stderr
     ranks = {int(m.group(1)): m.group(2) for m in re.finditer(r"^RANK (\d): (.*)$", out, re.M)}
@@ -40,7 +41,7 @@ def test_one_ranks_broken_data_stops_every_rank_before_any_step(qwen3_tokenizer_
     assert code != 0
     assert ranks == {0: "UnhealthyPipeline ['LD101'] ranks [1] step None",
                      1: "UnhealthyPipeline ['LD101'] ranks [1] step None"}, out[-3000:]
-    assert "Connection closed by peer" not in out and "trained" not in out
+    assert "Connection closed by peer" not in out and ": trained" not in out
     # One report, printed once (by rank 0), naming the rank whose rows failed.
     assert out.count("loradoctor · trainer start") == 1
     assert "error   LD101 rank 1: batch 0 row 0" in out
@@ -62,6 +63,18 @@ def test_the_watchdog_stops_every_rank_at_the_step_one_rank_went_nan(qwen3_token
     assert ranks == {0: "UnhealthyPipeline ['LD420'] ranks None step 2",
                      1: "UnhealthyPipeline ['LD420'] ranks None step 2"}, out[-3000:]
     assert "Connection closed by peer" not in out
+
+
+@pytest.mark.slow
+def test_under_fsdp2_the_gradient_norm_is_the_norm_of_the_whole_sharded_gradient(
+        tiny_llama_dir):
+    code, out, ranks = _torchrun(tiny_llama_dir, script=FSDP_NORM)
+    assert code == 0, out[-3000:]
+    for rank in (0, 1):
+        sharded, full, dtensors = re.match(r"sharded (\S+) full (\S+) dtensor_grads (\d+)",
+                                           ranks[rank]).groups()
+        assert int(dtensors) > 0  # the gradients really are shards
+        assert float(sharded) == pytest.approx(float(full), rel=1e-5)
 
 
 # --- joining the ranks' reports (no processes needed) -------------------------------------
