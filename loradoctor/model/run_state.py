@@ -51,10 +51,11 @@ def trainable_grad_norm(trainable: list) -> float | None:
 
     Under FSDP2 (`fully_shard`) a gradient is a DTensor holding this rank's shard: the norms
     of the shards are joined into the full norm (one collective), so every rank reads the
-    norm of the whole gradient, as a training loop's clipping does."""
+    norm of the whole gradient, as a training loop's clipping does. Under DeepSpeed ZeRO-3
+    the gradients are read through DeepSpeed's accessor (`gradient_of`)."""
     import torch
 
-    grads = [p.grad for p in trainable if p.grad is not None]
+    grads = [g for g in map(gradient_of, trainable) if g is not None]
     if not grads:
         return None
     sharded = [g for g in grads if hasattr(g, "full_tensor")]
@@ -68,6 +69,15 @@ def trainable_grad_norm(trainable: list) -> float | None:
                                                       for n in norms]))
         totals.append(float(total.full_tensor() if hasattr(total, "full_tensor") else total))
     return totals[0] if len(totals) == 1 else math.sqrt(sum(t * t for t in totals))
+
+
+def gradient_of(param):
+    """A parameter's gradient: `.grad`, or under DeepSpeed ZeRO-3 (where `.grad` is None and
+    the gradient lives partitioned in the engine) the full gradient DeepSpeed gathers."""
+    if param.grad is not None or not hasattr(param, "ds_id"):
+        return param.grad
+    from deepspeed.utils import safe_get_full_grad
+    return safe_get_full_grad(param)
 
 
 def zero_b_adapters(adapters: list) -> list[str]:

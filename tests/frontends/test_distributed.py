@@ -77,6 +77,26 @@ def test_under_fsdp2_the_gradient_norm_is_the_norm_of_the_whole_sharded_gradient
         assert float(sharded) == pytest.approx(float(full), rel=1e-5)
 
 
+@pytest.mark.slow
+def test_under_deepspeed_zero3_the_gradient_norm_is_read_through_deepspeed(tiny_llama_dir):
+    pytest.importorskip("deepspeed")
+    import socket
+    with socket.socket() as s:  # a free port for the one-process group
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "MASTER_PORT": str(port)}
+    proc = subprocess.run([sys.executable, str(FIXTURES / "distributed" / "zero3_norm.py"),
+                           str(tiny_llama_dir)], capture_output=True, text=True, timeout=600,
+                          env=env, cwd=ROOT)
+    line = re.search(r"^ZERO3 grads_none (\d+) watchdog (\S+) reference (\S+)$", proc.stdout,
+                     re.M)
+    assert line, proc.stdout[-2000:] + proc.stderr[-3000:]
+    none, norm, full = line.groups()
+    assert int(none) > 0  # `.grad` really is None under ZeRO-3
+    assert float(norm) == pytest.approx(float(full), rel=1e-5)
+
+
 # --- joining the ranks' reports (no processes needed) -------------------------------------
 
 
