@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,7 +92,7 @@ def test_healthy_run_trains_with_the_plugins_report(folder, trained):
     # loradoctor_batches: 3 reached the callback: Axolotl kept the declared setting.
     assert f"{REPORT_TITLE} · check-dataset · 3 batches" in out
     assert "✓ LD105 end-of-turn-unsupervised" in out and "✓ LD201" in out
-    assert "1 info · 38 checks" in out and "· exit 0" in out
+    assert re.search(r"\n1 info · \d+ checks: \d+ passed, \d+ skipped · exit 0\n", out)
     assert out.index(REPORT_TITLE) < out.index("{'loss'")
     assert out.count("{'loss'") == 3
     assert (folder / "out" / "healthy" / "adapter_model.safetensors").is_file()
