@@ -168,6 +168,8 @@ def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, datas
                 fall_back_to_static(ctx, registry.static_codes())
                 parts[-1].rules = registry.applicable(parts[-1].rules, static=ctx.static,
                                                       offload=ctx.offload is not None)
+            elif cmd == "check-dataset" and ctx.labels_only:  # the labels alone: no truth
+                parts[-1].rules = registry.applicable(parts[-1].rules, tokenizer=False)
     except BaseException:
         Run(parts, "", keep).close()  # put back what the parts built so far borrowed
         raise
@@ -303,16 +305,18 @@ def _dataset_context(tokenizer, data, dataset, batches, tokenized, max_length, s
         from .inputs.pretrained import has_tokenizer
         if has_tokenizer(model):
             tokenizer = model  # the tokenizer saved beside the model
-    if tokenizer is None:
+    # Without a tokenizer, token rows and batches are judged by what their labels alone show.
+    labels_only = tokenizer is None and (batches is not None or tokenized)
+    if tokenizer is None and not labels_only:
         raise InputError("tokenizer: checking data needs the tokenizer the model trains with "
                          "(a directory or the tokenizer object)")
     ctx = DatasetContext(max_length=max_length, show=show, workers=max(1, workers),
-                         tokenized=bool(tokenized))
+                         tokenized=bool(tokenized), labels_only=labels_only)
     if model is not None:
         _set_model(ctx, model, model_args)
     if _is_path(tokenizer):
         ctx.tokenizer_dir = Path(tokenizer)
-    else:
+    elif tokenizer is not None:
         ctx.tokenizer_given = tokenizer
         keep.append(restorer(tokenizer))
     if data is not None:
@@ -341,8 +345,8 @@ def _dataset_context(tokenizer, data, dataset, batches, tokenized, max_length, s
                 setattr(ctx, name, value)
     what = _name(data) if data is not None else (
         f"{len(ctx.batches_given)} batches" if batches is not None else _name(dataset))
-    title = f"check-dataset · {what}{' (token rows)' if tokenized else ''} · tokenizer " \
-            f"{_name(tokenizer)}"
+    title = f"check-dataset · {what}{' (token rows)' if tokenized else ''} · " + (
+        "no tokenizer: the labels alone" if labels_only else f"tokenizer {_name(tokenizer)}")
     return ctx, title
 
 

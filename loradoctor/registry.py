@@ -65,13 +65,22 @@ def static_codes() -> list[str]:
     return [r.code for r in MODEL_RULES if not r.needs_values]
 
 
-def applicable(rules: list[Rule], *, static: bool, offload: bool) -> list[Rule]:
+NO_TOKENIZER = ("needs a tokenizer with a chat template (the truth of which tokens to supervise);"
+                " give it: LoraDoctorCallback(tokenizer=...), Trainer(processing_class=...) or "
+                "tokenizer=...")
+
+
+def applicable(rules: list[Rule], *, static: bool = False, offload: bool = False,
+               tokenizer: bool = True) -> list[Rule]:
     """`rules` as they run here: on a model without weight values (static mode) a rule that
-    needs values becomes a skip that says why, and on offloaded weights so does a rule that
-    cannot run on them; the others are kept as they are."""
+    needs values becomes a skip that says why, on offloaded weights so does a rule that cannot
+    run on them, and on labels without a tokenizer a rule that needs the template's truth; the
+    others are kept as they are."""
     out = []
     for r in rules:
-        if static and r.needs_values:
+        if not tokenizer and r.needs_tokenizer:
+            r = _skipping(r, lambda ctx: NO_TOKENIZER)
+        elif static and r.needs_values:
             r = _skipping(r, lambda ctx: f"static mode ({ctx.static_why}): this rule needs "
                                          f"weight values (a forward pass or the adapters' values)")
         elif offload and not r.runs_offloaded:

@@ -58,6 +58,8 @@ class Rule:
     needs_values: bool = True
     # False when it cannot work on weights accelerate offloaded (device_map="auto").
     runs_offloaded: bool = True
+    # A data rule that reads the labels alone (no template truth): it runs without a tokenizer.
+    needs_tokenizer: bool = True
 
     @property
     def family(self) -> str:
@@ -80,12 +82,14 @@ class Rule:
 
 
 def rule(code: str, name: str, *, command: str, severity: Severity = Severity.ERROR,
-         needs_values: bool = True, runs_offloaded: bool = True):
+         needs_values: bool = True, runs_offloaded: bool = True,
+         needs_tokenizer: bool = True):
     """Make a function into a `Rule`. Registration is explicit, in `registry.py`."""
 
     def wrap(fn: Callable[[Any], Outcome]) -> Rule:
         if not fn.__doc__:
             raise TypeError(f"rule {code} needs a docstring: it is the rule's documentation")
-        return Rule(code, name, command, severity, fn, needs_values, runs_offloaded)
+        return Rule(code, name, command, severity, fn, needs_values, runs_offloaded,
+                    needs_tokenizer)
 
     return wrap

@@ -34,7 +34,8 @@ def _how(conv) -> str:
     return "measured" if conv.measured else "HF convention assumed; --model measures yours"
 
 
-@rule("LD116", "labels-not-shifted-for-model", command="dataset", severity=Severity.ERROR)
+@rule("LD116", "labels-not-shifted-for-model", command="dataset", severity=Severity.ERROR,
+      needs_tokenizer=False)
 def labels_not_shifted_for_model(ctx) -> Outcome:
     """Labels are aligned with input_ids although the model's loss does not shift them.
 
@@ -87,7 +88,8 @@ def labels_not_shifted_for_model(ctx) -> Outcome:
                                       f"{judged} supervising samples; {name} does not shift")
 
 
-@rule("LD117", "mask-value-not-ignored-by-loss", command="dataset", severity=Severity.ERROR)
+@rule("LD117", "mask-value-not-ignored-by-loss", command="dataset", severity=Severity.ERROR,
+      needs_tokenizer=False)
 def mask_value_not_ignored_by_loss(ctx) -> Outcome:
     """Labels mask positions with a value the model's loss does not ignore.
 

@@ -19,7 +19,8 @@ TEMPLATE_FIX = ("find assistant spans from the chat template (its rendered text 
                 "its {% generation %} mask), not from a marker built by hand")
 
 
-@rule("LD101", "no-supervised-tokens", command="dataset", severity=Severity.ERROR)
+@rule("LD101", "no-supervised-tokens", command="dataset", severity=Severity.ERROR,
+      needs_tokenizer=False)
 def no_supervised_tokens(ctx) -> Outcome:
     """A sample has no supervised token: every label is -100.
 
@@ -290,7 +291,8 @@ def end_of_turn_unsupervised(ctx) -> Outcome:
                                      f"in {s.turns - s.eot_missing.count} of {s.turns} turns")
 
 
-@rule("LD106", "labels-shifted-by-hand", command="dataset", severity=Severity.ERROR)
+@rule("LD106", "labels-shifted-by-hand", command="dataset", severity=Severity.ERROR,
+      needs_tokenizer=False)
 def labels_shifted_by_hand(ctx) -> Outcome:
     """Labels are shifted by one by hand although the model shifts them internally.
 

@@ -15,7 +15,8 @@ from ..rules import Outcome, rule
 MAX_LISTED = 10   # bad records reported one by one; the rest are counted in one finding
 
 
-@rule("LD100", "unreadable-record", command="dataset", severity=Severity.ERROR)
+@rule("LD100", "unreadable-record", command="dataset", severity=Severity.ERROR,
+      needs_tokenizer=False)
 def unreadable_record(ctx) -> Outcome:
     """A line of the data file is not JSON, or its record is not a conversation a template renders.
 

@@ -49,9 +49,14 @@ class DatasetContext(Memo):
     # `--shard I/N`: only the I-th of N contiguous shares of the records (`sources.py`).
     rows_given: Any = None
     shard: tuple[int, int] | None = None
+    # No tokenizer: token rows or batches judged by what their labels alone show; the rules
+    # that need the template's truth skip (`registry.applicable(tokenizer=False)`).
+    labels_only: bool = False
 
     @property
     def tokenizer(self):
+        if self.labels_only:
+            return None
         if self.tokenizer_given is not None:
             return self.tokenizer_given
         return self.memo("tokenizer", lambda: pretrained.load_tokenizer(self.tokenizer_dir))
@@ -245,6 +250,8 @@ class DatasetContext(Memo):
 
     def validate_inputs(self) -> None:
         """Fail fast (exit 2) on inputs that cannot be read at all, before any check runs."""
+        if self.labels_only:
+            return
         if self.tokenizer_given is None:
             pretrained.local_dir(self.tokenizer_dir, "tokenizer")
         if self.data is not None:

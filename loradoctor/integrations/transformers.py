@@ -6,9 +6,12 @@ trainer = SFTTrainer(..., callbacks=[LoraDoctorCallback()])
 ```
 
 At train start it runs `loradoctor.api` on the trainer's model (already PEFT-wrapped), its
-processing class and the first `batches` batches its own dataloader yields (after the
-collator), before any optimizer step: the labels the trainer is about to train on, whatever
-built them. While training runs it feeds the `Watchdog` the loss of each optimizer step
+processing class (or `LoraDoctorCallback(tokenizer=...)`) and the first `batches` batches its own
+dataloader yields (after the collator), before any optimizer step: the labels the trainer is
+about to train on, whatever built them. Without a tokenizer (a plain `Trainer` given no
+`processing_class`) the batches are still read for what their labels alone show (no supervised
+token, labels shifted by hand, mask values the loss does not ignore); the rules that need the
+template's truth say in one line that they need the tokenizer. While training runs it feeds the `Watchdog` the loss of each optimizer step
 (captured from the model's forward output, so a NaN the Trainer's `logging_nan_inf_filter`
 hides is seen) and the trainable gradients' norm (read before the optimizer steps).
 
@@ -42,7 +45,8 @@ class LoraDoctorCallback(TrainerCallback):
 
     def __init__(self, on_error: str = "raise", batches: int = 2, select=None, ignore=None,
                  quiet: bool = False, check_model: bool = True, every_rank: bool = False,
-                 options: WatchOptions | None = None, **check_kwargs: Any):
+                 options: WatchOptions | None = None, tokenizer: Any = None,
+                 **check_kwargs: Any):
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error={on_error!r}: expected one of {', '.join(ON_ERROR)}")
         self.on_error = on_error
@@ -51,6 +55,9 @@ class LoraDoctorCallback(TrainerCallback):
         self.quiet = quiet
         self.check_model = check_model
         self.every_rank = every_rank  # several processes: check the model on every rank
+        # The tokenizer the labels are judged with: this one, else the trainer's processing
+        # class; without one (a plain Trainer given none) the labels are read alone.
+        self.tokenizer = tokenizer
         self.options = options
         self.check_kwargs = check_kwargs  # e.g. dtypes=("fp32", "bf16"), train_steps=0
         self.report = Report("trainer")
@@ -66,14 +73,16 @@ class LoraDoctorCallback(TrainerCallback):
         from ..errors import UnhealthyPipeline
         from ..render import concise
 
-        tokenizer = _tokenizer_of(processing_class)
+        tokenizer = self.tokenizer or _tokenizer_of(processing_class)
+        if not getattr(tokenizer, "chat_template", None):
+            tokenizer = None  # no template's truth: the batches' labels are read alone
         # The dtypes the run trains in, unless the callback was told which to measure.
         inputs: dict[str, Any] = {"select": self.select, "ignore": self.ignore,
                                   "dtypes": run_dtypes(args), **self.check_kwargs}
-        if tokenizer is not None and getattr(tokenizer, "chat_template", None) \
-                and train_dataloader is not None and self.n_batches > 0:
-            inputs.update(tokenizer=tokenizer, batches=first_batches(train_dataloader,
-                                                                     self.n_batches))
+        if train_dataloader is not None and self.n_batches > 0:
+            inputs["batches"] = first_batches(train_dataloader, self.n_batches)
+            if tokenizer is not None:
+                inputs["tokenizer"] = tokenizer
         if self.check_model and model is not None:
             inputs["model"] = model
         if "batches" in inputs or "model" in inputs:

@@ -20,7 +20,7 @@ from ..findings import Finding
 from ..inputs.sources import locate
 from ..progress import progress
 from ..rules import Rule, SkipCheck
-from .compare import Comparison, compare_dataset, compare_rows
+from .compare import Comparison, compare_dataset, compare_labels, compare_rows
 from .markers import Marker, SourceHit, instance_markers, none_builders
 from .oracle import Oracle
 from .scan import DataStats, Lines, scan
@@ -31,7 +31,7 @@ from ..inputs.user_dataset import UserData
 
 @dataclass
 class Analysis:
-    facts: TemplateFacts
+    facts: TemplateFacts | None  # None: labels read without a tokenizer (`labels_only`)
     stats: DataStats
     comparison: Comparison | None = None
     user: UserData | None = None
@@ -75,6 +75,12 @@ def structure(ctx) -> StructureOracle:
 
 def analysis(ctx) -> Analysis:
     def compute() -> Analysis:
+        if getattr(ctx, "labels_only", False):  # no tokenizer: what the labels alone show
+            with progress(ctx, "reading the labels", ctx.count) as advance:
+                comparison = compare_labels(ctx.rows(), getattr(ctx, "show", 3), advance)
+            result = Analysis(None, DataStats(), comparison, source=ctx.source)
+            ctx.summary.update(summary(result))
+            return result
         orc = oracle(ctx)
         source = ctx.source
         show = getattr(ctx, "show", 3)

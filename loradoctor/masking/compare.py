@@ -137,6 +137,12 @@ class Comparer:
         diff.shifted = shifted
         diff.labels_aligned = not shifted and labels_aligned(item)
         self._current = (ids, mask, None)
+        if sample is None and self.structure is None:  # labels alone: no truth to judge by
+            res.shifted.add_if(shifted, line)
+            res.unshifted.add_if(diff.labels_aligned, line)
+            if diff.n_supervised == 0:
+                self._view("LD101", diff)
+            return
         if sample is not None:
             self._judge(diff, ids, mask, item.attention, sample)
             if diff.aligned or self.structure is None:
@@ -298,6 +304,8 @@ class Comparer:
     # --- token views --------------------------------------------------------------------
 
     def _decode(self, ids: list[int]) -> str:
+        if self.tokenizer is None:  # labels alone: the view shows token ids
+            return " ".join(map(str, ids))
         return decode(self.tokenizer, ids)
 
     def _view(self, key: str, diff: SampleDiff) -> None:
@@ -363,6 +371,16 @@ def compare_rows(rows, structure: StructureOracle, show: int, advance=lambda n=1
     """Compare token rows (`rows.Row`, streamed) with their own structure."""
     oracle = structure.oracle
     comparer = Comparer(oracle.facts, user, list(markers), oracle.tokenizer, show, structure)
+    return _fed(comparer, rows, advance)
+
+
+def compare_labels(rows, show: int, advance=lambda n=1: None) -> Comparison:
+    """Token rows without a tokenizer: what the labels alone show (no supervised token, labels
+    shifted by hand, the mask values), without a template's truth to compare them with."""
+    return _fed(Comparer(None, None, [], None, show), rows, advance)
+
+
+def _fed(comparer: Comparer, rows, advance) -> Comparison:
     feed_rows(comparer, rows, advance)
     res = comparer.result
     if res.bad_rows and not res.samples:

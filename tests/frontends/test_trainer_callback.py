@@ -212,3 +212,34 @@ def test_an_fp32_run_is_not_measured_in_fp16_or_bf16(tmp_path, qwen3_tokenizer, 
     trainer.train()
     assert set(callback.report.summary["numerics"]["dtypes"]) == {"fp32"}
     assert callback.report.ok, [f.message for f in callback.report.errors]
+
+
+def test_without_a_tokenizer_it_still_stops_labels_shifted_by_hand(tmp_path, qwen3_tokenizer,
+                                                                   tiny_qwen3_dir):
+    from transformers import Trainer
+    tok = qwen3_tokenizer
+    rows = [_encode(tok, r["conversations"]) for r in _records()]
+    callback = _callback(on_error="raise")
+    trainer = Trainer(model=_peft_model(tiny_qwen3_dir), args=_args(tmp_path, 4),
+                      train_dataset=rows, data_collator=_collator(tok, shift=True),
+                      callbacks=[callback])  # no processing_class, as many scripts do
+    with pytest.raises(loradoctor.UnhealthyPipeline) as raised:
+        trainer.train()
+    report = raised.value.report
+    assert [f.code for f in report.errors] == ["LD106"]
+    assert trainer.state.global_step == 0
+    skipped = {r.code: r.summary for r in report.results if r.status.value == "skip"}
+    assert "needs a tokenizer with a chat template" in skipped["LD103"]
+
+
+def test_a_tokenizer_given_to_the_callback_judges_the_labels(tmp_path, qwen3_tokenizer,
+                                                             tiny_qwen3_dir):
+    from transformers import Trainer
+    tok = qwen3_tokenizer
+    rows = [_encode(tok, r["conversations"]) for r in _records()]
+    callback = _callback(on_error="raise", tokenizer=tok)
+    trainer = Trainer(model=_peft_model(tiny_qwen3_dir), args=_args(tmp_path, 2),
+                      train_dataset=rows, data_collator=_collator(tok), callbacks=[callback])
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert {r.code: r.status.value for r in callback.report.results}["LD103"] == "pass"
