@@ -9,6 +9,11 @@ be read is kept with the reason, for LD100.
 
 TRL's processed datasets hold a mask instead of labels (`assistant_masks`, `completion_mask`):
 the labels are what its collator would make of it (the ids where the mask is 1, else -100).
+
+A packed batch row (TRL's `packing=True`, transformers' `DataCollatorWithFlattening`) holds
+several samples, its `position_ids` restarting at each (or its `cu_seq_lens_q` saying where):
+it is split there and each sample is a row of its own (`batch 0 row 0 sample 2`), its
+position ids kept on the row.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from ..errors import InputError
 from .user_dataset import IGNORE_INDEX, Item, to_item
 
 MASK_KEYS = ("assistant_masks", "completion_mask")
+# Where a flattened batch says its samples start (transformers' and TRL's flash-attention kwargs).
+CU_SEQ_LENS = "cu_seq_lens_q"
 
 
 @dataclass
@@ -31,6 +38,7 @@ class Row:
     location: str
     item: Item | None
     problem: str | None = None
+    positions: list[int] | None = None  # the row's (or packed sample's) position_ids
 
 
 def to_row(raw: Any, line: int, location: str) -> Row:
@@ -104,8 +112,28 @@ def instance_rows(dataset: Any, name: str = "dataset", start: int = 0,
         yield to_row(raw, i + 1, f"{name}[{i}]")
 
 
+def sample_bounds(positions: list[int] | None, length: int,
+                  cu_seq_lens: list[int] | None = None) -> list[tuple[int, int]]:
+    """[start, end) of each sample in a row of `length` tokens: a new sample wherever the
+    position ids restart (do not go on by one), else at the `cu_seq_lens` offsets (a row of
+    a flattened batch), else the whole row. Trailing one-token samples at position 0 are a
+    packed row's padding (`pad_to_multiple_of`) and are left out."""
+    if positions is not None and len(positions) == length:
+        starts = [0] + [t for t in range(1, length) if positions[t] != positions[t - 1] + 1]
+    elif cu_seq_lens is not None and len(cu_seq_lens) > 2 and cu_seq_lens[-1] == length:
+        starts = [s for s in cu_seq_lens[:-1] if 0 <= s < length]
+    else:
+        return [(0, length)]
+    bounds = list(zip(starts, [*starts[1:], length]))
+    while len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1 and positions is not None \
+            and positions[bounds[-1][0]] == 0:
+        bounds.pop()
+    return bounds
+
+
 def batch_rows(batches: Iterable[Any]) -> Iterator[Row]:
-    """Every row of every collated batch, numbered from 1 across batches."""
+    """Every row of every collated batch, numbered from 1 across batches; a packed row gives
+    one row per sample (`sample_bounds`)."""
     line = 0
     for b, batch in enumerate(batches):
         if not isinstance(batch, Mapping) or "input_ids" not in batch:
@@ -118,8 +146,18 @@ def batch_rows(batches: Iterable[Any]) -> Iterator[Row]:
         if ids and not isinstance(ids[0], (list, tuple)):
             ids = [ids]  # one unbatched row
             batch = {k: [_list(v)] for k, v in batch.items()}
+        cu_seq_lens = _list(batch[CU_SEQ_LENS]) if CU_SEQ_LENS in batch and len(ids) == 1 \
+            else None
         for r in range(len(ids)):
-            line += 1
             row = {k: _list(v)[r] for k, v in batch.items()
-                   if k in ("input_ids", "labels", "attention_mask", *MASK_KEYS)}
-            yield to_row(row, line, f"batch {b} row {r}")
+                   if k in ("input_ids", "labels", "attention_mask", "position_ids", *MASK_KEYS)}
+            positions = row.pop("position_ids", None)
+            bounds = sample_bounds(positions, len(ids[r]), cu_seq_lens)
+            for s, (start, end) in enumerate(bounds):
+                line += 1
+                where = f"batch {b} row {r}" + (f" sample {s}" if len(bounds) > 1 else "")
+                part = {k: v[start:end] if isinstance(v, list) and len(v) == len(ids[r]) else v
+                        for k, v in row.items()}
+                made = to_row(part, line, where)
+                made.positions = positions[start:end] if positions is not None else None
+                yield made
