@@ -94,7 +94,8 @@ def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, datas
             fuzz: int = 0, seed: int = 0, show: int = 3, workers: int = 1,
             fp16_headroom: float = 4.0, command: str | None = None,
             shard: str | tuple[int, int] | None = None, static: bool = False,
-            offload: bool | dict | str | None = None, quantize: str | None = None) -> Run:
+            offload: bool | dict | str | None = None, quantize: str | None = None,
+            collator: Any = None, collator_args: dict | None = None) -> Run:
     """Check and load the inputs (raising `InputError` for what cannot be read) and choose rules.
 
     `command` is one of `check-dataset`, `check-model`, `check-adapter` (the CLI's); without
@@ -119,6 +120,12 @@ def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, datas
     QLoRA guides do (4-bit NF4 computing in bf16, or 8-bit); with `peft`,
     `prepare_model_for_kbit_training` runs before `get_peft_model`. A live model already
     quantized is recognised as it is and needs no argument.
+
+    `collator` (a SPEC, a class built with the tokenizer and `collator_args`, or a callable
+    taking a list of dataset items) is given the dataset's items (the user's dataset, or the
+    token rows), and the labels it makes are compared with the dataset's own. Given with
+    `batches` and a dataset object, the dataset is where the batches came from (a trainer's
+    `train_dataset` and its `collate_fn`): the batches are judged, the dataset is collated.
     """
     from . import registry
 
@@ -142,6 +149,7 @@ def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, datas
                 ctx, title = _dataset_context(tokenizer, data, dataset, batches, tokenized,
                                               max_length, show, workers, fuzz, seed, keep,
                                               model, model_args)
+                _set_collator(ctx, collator, collator_args)
                 if shard is not None:
                     from .inputs.sources import parse_shard
                     ctx.shard = parse_shard(shard)
@@ -348,6 +356,22 @@ def _dataset_context(tokenizer, data, dataset, batches, tokenized, max_length, s
     title = f"check-dataset · {what}{' (token rows)' if tokenized else ''} · " + (
         "no tokenizer: the labels alone" if labels_only else f"tokenizer {_name(tokenizer)}")
     return ctx, title
+
+
+def _set_collator(ctx, collator: Any, collator_args: dict | None) -> None:
+    """The collator on a dataset context; a dataset object given beside batches is the
+    collator's source (the trainer's dataset), not a dataset of its own to judge."""
+    if collator is None:
+        if collator_args:
+            raise InputError("--collator-arg: arguments are for a --collator class")
+        return
+    ctx.collator_args = dict(collator_args or {})
+    if isinstance(collator, str):
+        ctx.collator_spec = collator
+    else:
+        ctx.collator_given = collator
+    if ctx.batches_given is not None and ctx.dataset_given is not None:
+        ctx.collator_source, ctx.dataset_given = ctx.dataset_given, None
 
 
 def _records(data: Any) -> Any:

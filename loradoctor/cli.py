@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rf = sub.add_parser("reference", help="the reference training runs (buggy vs fixed)")
     rf.add_argument("name", nargs="?", metavar="NAME")
-    rf.add_argument("--json", action="store_true", help="write one JSON object to stdout")
+    # Its report is about the runs, not the user's files: no annotations, no SARIF.
+    options.add_output_arguments(rf, formats=("text", "json"))
     rf.add_argument("--plot", metavar="DIR",
                     help="also write one PNG per run into DIR (loss per step, buggy vs fixed, "
                          "where it went wrong marked; needs loradoctor[plot])")
@@ -101,25 +102,30 @@ def _dispatch(args) -> int:
         else:
             print_rules(registry.ALL_RULES)
         return 0
+    from .render_output import Output, write_report
+    from .render_places import run_sources
+
+    output = Output.from_args(args)
+    output.check_html_path()
     if args.command == "reference":
         from .reference.runner import run_reference
-        return run_reference(args.name, as_json=args.json, plot=args.plot)
+        return run_reference(args.name, as_json=output.format == "json", plot=args.plot,
+                             html=output.html)
 
     from . import api
-    from .render import console, print_json, print_report
+    from .render import console
 
     if args.command == "merge":
         from .shards import merge_partials, read_partials
-        report, title = merge_partials(read_partials(args.parts))
-        if args.json:
-            print_json(report, __version__)
-        else:
-            print_report(report, title=f"loradoctor {title}", verbose=args.verbose)
+        parts = read_partials(args.parts)
+        report, title = merge_partials(parts)
+        output.sources = run_sources(parts[0]["inputs"])
+        write_report(report, output, title=f"loradoctor {title}", version=__version__)
         return report.exit_code
 
     inputs = options.api_kwargs(args.command, args)
     err = console(stderr=True)
-    show_progress = err.is_terminal and not args.json
+    show_progress = err.is_terminal and not output.machine
     # The user's code runs inside these calls; whatever it prints goes to stderr, so stdout
     # holds only the report (and exactly one JSON object under --json).
     with contextlib.redirect_stdout(sys.stderr):
@@ -132,8 +138,6 @@ def _dispatch(args) -> int:
         else:
             run = api.prepare(**inputs)
             report = run.execute()
-    if args.json:
-        print_json(report, __version__)
-    else:
-        print_report(report, title=f"loradoctor {run.title}", verbose=args.verbose)
+    output.sources = run_sources(inputs)
+    write_report(report, output, title=f"loradoctor {run.title}", version=__version__)
     return report.exit_code

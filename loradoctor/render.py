@@ -178,23 +178,31 @@ def _indent(renderable, left: int) -> Padding:
     return Padding(renderable, (0, 0, 0, left), expand=False)
 
 
-def _summary_line(report: Report) -> Text:
+def severity_counts(report: Report) -> list[tuple[Severity, str]]:
+    """`2 errors`, `1 warning`, ...: the severities the report's findings have, counted."""
+    c = report.counts()
+    return [(s, f"{c[s.value + 's']} {s.value}{'s' if c[s.value + 's'] != 1 else ''}")
+            for s in Severity if c[s.value + "s"]]
+
+
+def checks_count(report: Report) -> str:
+    """`18 checks: 14 passed, 2 failed, 2 skipped`."""
     c = report.counts()
     n_checks = len(report.results)
-    parts = []
-    for key, label, style in (("errors", "error", "bold red"), ("warnings", "warning", "yellow"),
-                              ("infos", "info", "cyan")):
-        if c[key]:
-            parts.append((f"{c[key]} {label}{'s' if c[key] != 1 else ''}", style))
-    text = Text("\n")
-    if parts:
-        for i, (p, style) in enumerate(parts):
-            text.append(("" if i == 0 else ", ") + p, style=style)
-    else:
-        text.append("no problems found", style="bold green")
     statuses = [f"{c['checks_' + s.value]} {STATUS_WORDS[s]}" for s in Status
                 if c["checks_" + s.value]]
-    text.append(f" · {n_checks} check{'s' if n_checks != 1 else ''}: {', '.join(statuses)}")
+    return f"{n_checks} check{'s' if n_checks != 1 else ''}: {', '.join(statuses)}"
+
+
+def _summary_line(report: Report) -> Text:
+    parts = severity_counts(report)
+    text = Text("\n")
+    if parts:
+        for i, (severity, words) in enumerate(parts):
+            text.append(("" if i == 0 else ", ") + words, style=SEVERITY_STYLE[severity])
+    else:
+        text.append("no problems found", style="bold green")
+    text.append(f" · {checks_count(report)}")
     code = report.exit_code
     text.append(f" · exit {code}", style="bold red" if code else "bold green")
     return text
@@ -228,6 +236,31 @@ TOKEN_LEGEND = {"trained": "trained", "masked": "masked",
                 "missed": "should be trained, is masked", "extra": "trained, should be masked"}
 
 
+def token_kinds(view: TokenView) -> list[str]:
+    """Each token's class (a key of TOKEN_LOOKS): the user's label against the template's."""
+    kinds = []
+    for i in range(len(view.tokens)):
+        user = view.user[i] if i < len(view.user) else False
+        truth = view.oracle[i] if view.oracle is not None and i < len(view.oracle) else None
+        if truth is not None and truth and not user:
+            kinds.append("missed")
+        elif truth is not None and user and not truth:
+            kinds.append("extra")
+        else:
+            kinds.append("trained" if user else "masked")
+    return kinds
+
+
+def legend_kinds(view: TokenView) -> list[str]:
+    """The classes a view's legend names: disagreements only where there is a truth."""
+    return ["trained", "masked"] + (["missed", "extra"] if view.oracle is not None else [])
+
+
+def shown_token(token: str) -> str:
+    """A token as the views show it: newline and tab made visible, an empty one as ∅."""
+    return token.replace("\n", "⏎").replace("\t", "⇥") or "∅"
+
+
 def token_view(view: TokenView, plain: bool = False) -> Group:
     """Tokens by supervision: trained, masked, and where the user and the template disagree.
 
@@ -235,16 +268,8 @@ def token_view(view: TokenView, plain: bool = False) -> Group:
     view still says which token is which.
     """
     text = Text()
-    for i, tok in enumerate(view.tokens):
-        shown = tok.replace("\n", "⏎").replace("\t", "⇥") or "∅"
-        user = view.user[i] if i < len(view.user) else False
-        truth = view.oracle[i] if view.oracle is not None and i < len(view.oracle) else None
-        if truth is not None and truth and not user:
-            kind = "missed"
-        elif truth is not None and user and not truth:
-            kind = "extra"
-        else:
-            kind = "trained" if user else "masked"
+    for tok, kind in zip(view.tokens, token_kinds(view)):
+        shown = shown_token(tok)
         style, wrapper = TOKEN_LOOKS[kind]
         text.append(wrapper.format(shown) if plain else shown, style=style)
         if "⏎" in shown:
@@ -254,9 +279,8 @@ def token_view(view: TokenView, plain: bool = False) -> Group:
         else:
             text.append(" ")
     text.rstrip()
-    kinds = ["trained", "masked"] + (["missed", "extra"] if view.oracle is not None else [])
     legend = Text("legend: ", style="dim")
-    for i, kind in enumerate(kinds):
+    for i, kind in enumerate(legend_kinds(view)):
         style, wrapper = TOKEN_LOOKS[kind]
         legend.append(" · " if i else "")
         label = TOKEN_LEGEND[kind]

@@ -33,6 +33,8 @@ LAYERS = {
     "loradoctor.api": 5, "loradoctor.context": 5, "loradoctor.shards": 5,
     "loradoctor.registry": 4, "loradoctor.engine": 4, "loradoctor.render": 4,
     "loradoctor.distributed": 4,
+    "loradoctor.render_places": 4, "loradoctor.render_github": 4, "loradoctor.render_sarif": 4,
+    "loradoctor.render_svg": 4, "loradoctor.render_html": 4, "loradoctor.render_output": 4,
     "loradoctor.checks": 3,
     "loradoctor.masking": 2, "loradoctor.model": 2, "loradoctor.strategies": 2,
     "loradoctor.inputs": 1, "loradoctor.assets": 1,

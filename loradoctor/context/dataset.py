@@ -52,6 +52,12 @@ class DatasetContext(Memo):
     # No tokenizer: token rows or batches judged by what their labels alone show; the rules
     # that need the template's truth skip (`registry.applicable(tokenizer=False)`).
     labels_only: bool = False
+    # The collator the trainer uses (`--collator SPEC` with `--collator-arg`, or the live
+    # object) and, from a trainer, the dataset its batches came from (`masking/collated.py`).
+    collator_spec: str | None = None
+    collator_given: Any = None
+    collator_args: dict[str, Any] = field(default_factory=dict)
+    collator_source: Any = None
 
     @property
     def tokenizer(self):
@@ -85,13 +91,7 @@ class DatasetContext(Memo):
             from ..model.convention import detect
             from ..model.probe import vocab_size
 
-            if self.model_given is not None:
-                model = self.model_given
-            elif self.model_spec is not None:
-                from ..model.user_model import build
-                model = build(self.model_spec, self.model_args, "cpu")
-            else:
-                model = pretrained.load_model(self.model_dir, "fp32", "cpu")
+            model = self.loaded_model()
             device = next(model.parameters()).device
             gen = torch.Generator().manual_seed(0)
             ids = torch.randint(0, vocab_size(model), (2, 32), generator=gen).to(device)
@@ -105,6 +105,75 @@ class DatasetContext(Memo):
             self.summary.setdefault("loss_convention", HF.to_dict())
             return HF
         return self.memo("convention", measure)
+
+    def loaded_model(self):
+        """The model the labels are for: the live one, or built once on the CPU (loss
+        convention, packed attention)."""
+        def load():
+            if self.model_spec is not None:
+                from ..model.user_model import build
+                return build(self.model_spec, self.model_args, "cpu")
+            return pretrained.load_model(self.model_dir, "fp32", "cpu")
+        if self.model_given is not None:
+            return self.model_given
+        return self.memo("loaded_model", load)
+
+    @property
+    def collator(self):
+        """The collator the trainer uses (`inputs.user_collator.UserCollator`), or None."""
+        if self.collator_spec is None and self.collator_given is None:
+            return None
+
+        def build():
+            from ..inputs.specs import load_spec
+            from ..inputs.user_collator import UserCollator
+            obj = self.collator_given if self.collator_given is not None \
+                else load_spec(self.collator_spec)
+            return UserCollator(obj, self.collator_spec, self.tokenizer, self.collator_args)
+        return self.memo("collator", build)
+
+    def collator_items(self, limit: int) -> list[tuple[int, str, Any]]:
+        """Up to `limit` dataset items as the collator is given them, each with its line and
+        location: the trainer's dataset, the user's dataset code's items, or token rows."""
+        import itertools
+
+        source = self.collator_source
+        if source is not None:
+            if hasattr(source, "__getitem__") and hasattr(source, "__len__"):
+                return [(i + 1, f"dataset[{i}]", source[i])
+                        for i in range(min(limit, len(source)))]
+            return [(i + 1, f"dataset[{i}]", x)
+                    for i, x in enumerate(itertools.islice(iter(source), limit))]
+        user = self.user_data()
+        if user is not None:
+            return self._user_items(user, limit)
+        if self.rows_given is None and not (self.data is not None and self.tokenized):
+            return []
+        return [(r.line, r.location, _item_dict(r.item))
+                for r in itertools.islice(self.rows(), limit) if r.item is not None]
+
+    def _user_items(self, user, limit: int) -> list[tuple[int, str, Any]]:
+        """The user's dataset code's first items, raw from a class (as its DataLoader gets
+        them), as dicts from a labelling function."""
+        from ..inputs.user_dataset import to_item
+
+        if not self.has_conversations:  # a dataset instance alone
+            start, stop = self.span
+            stop = len(user) if stop is None else min(stop, len(user))
+            return [(i + 1, f"{user.name}[{i}]", user.raw(i, None, f"{user.name}[{i}]"))
+                    for i in range(start, min(stop, start + limit))]
+        out = []
+        n_items = len(user) if user.kind == "class" else None
+        for index, rec in enumerate(self.records()):
+            if len(out) >= limit or (n_items is not None and index >= n_items):
+                break
+            if rec.messages is None:
+                continue
+            raw = user.raw(index, rec.messages, rec.location)
+            if user.kind == "function":
+                raw = _item_dict(to_item(raw, user.where(index, rec.location)))
+            out.append((rec.line, rec.location, raw))
+        return out
 
     @property
     def convention_note(self) -> str:
@@ -251,6 +320,7 @@ class DatasetContext(Memo):
     def validate_inputs(self) -> None:
         """Fail fast (exit 2) on inputs that cannot be read at all, before any check runs."""
         if self.labels_only:
+            _ = self.collator
             return
         if self.tokenizer_given is None:
             pretrained.local_dir(self.tokenizer_dir, "tokenizer")
@@ -269,6 +339,7 @@ class DatasetContext(Memo):
                                  "conversations to label (data=...); a dataset instance, "
                                  "batches or --tokenized rows can be checked alone")
         _ = self.user_dataset
+        _ = self.collator  # a collator that cannot be loaded or built is exit 2
         if self.has_model:
             if self.model_dir is not None and self.model_given is None:
                 pretrained.local_dir(self.model_dir, "model")
@@ -285,3 +356,14 @@ class DatasetContext(Memo):
                              "across shards; run --fuzz once, without --shard")
         if self.data is not None and self._total() == 0:
             raise InputError(f"data {self.data}: holds no records")
+
+
+def _item_dict(item) -> dict:
+    """A normalised item as the dict a collator takes (TRL's mask, where the labels were
+    made from one)."""
+    if item.mask_from in token_rows.MASK_KEYS:
+        return {"input_ids": item.ids, item.mask_from: [int(y != -100) for y in item.labels]}
+    out = {"input_ids": item.ids, "labels": item.labels}
+    if item.attention is not None:
+        out["attention_mask"] = item.attention
+    return out

@@ -11,8 +11,8 @@ it, how its value is written (`kind`) and its help. From it:
 
 A new option is added here once and appears in every front end with the same name: the
 pyproject key is the long option's name (`max-length`; a repeatable `--model-arg KEY=VALUE` is
-the table `model-args`). Output options (`--json`, `-v`: `add_output_arguments`) are not
-inputs of the run and have no key.
+the table `model-args`). Output options (`--format`, `--json`, `--html`, `-v`:
+`add_output_arguments`) are not inputs of the run and have no key.
 """
 
 from __future__ import annotations
@@ -79,6 +79,12 @@ OPTIONS: tuple[Option, ...] = (
            required=(DATASET,), help_for={DATASET: "local tokenizer directory"}),
     Option("dataset", "spec", "your dataset class or labelling function: file.py:NAME or "
            "pkg.mod:NAME", (DATASET,), metavar="SPEC"),
+    Option("collator", "spec", "the collator your trainer uses: a class built with the "
+           "tokenizer (transformers:DataCollatorForLanguageModeling) or a function taking a "
+           "list of dataset items (file.py:NAME); the labels it hands the model are compared "
+           "with the labels your dataset built", (DATASET,), metavar="SPEC"),
+    Option("collator-arg", "pairs", "keyword argument for the --collator class (repeatable), "
+           "e.g. mlm=False", (DATASET,), metavar="KEY=VALUE", arg="collator_args"),
     Option("max-length", "int", "the max length you train with", (DATASET,), metavar="N"),
     Option("tokenized", "bool", "DATA rows already hold input_ids and labels (and maybe "
            "attention_mask): judge the labels against the template's structure in the tokens",
@@ -180,10 +186,23 @@ def add_arguments(parser, command: str) -> None:
         parser.add_argument(flag, help=text, **extra)
 
 
-def add_output_arguments(parser) -> None:
+# What stdout holds under each `--format` (the words of its help).
+OUTPUT_FORMATS = {"text": "the doctor view (text)", "json": "one JSON object (json)",
+                  "github": "GitHub Actions annotations (github)",
+                  "sarif": "a SARIF 2.1.0 log (sarif)"}
+
+
+def add_output_arguments(parser, formats: tuple[str, ...] = tuple(OUTPUT_FORMATS)) -> None:
     """How the report is written: the options of every command line that prints one (the CLI
-    and Ray's entry point), not inputs of the run, so not pyproject keys."""
-    parser.add_argument("--json", action="store_true", help="write one JSON object to stdout")
+    and Ray's entry point), not inputs of the run, so not pyproject keys. `--json` is
+    `--format json`; `--html PATH` writes the page beside whichever format stdout holds."""
+    parser.add_argument("--format", choices=formats, default="text",
+                        help="what stdout holds: "
+                             + ", ".join(OUTPUT_FORMATS[f] for f in formats))
+    parser.add_argument("--json", action="store_const", dest="format", const="json",
+                        help="write one JSON object to stdout (the same as --format json)")
+    parser.add_argument("--html", metavar="PATH",
+                        help="also write the whole report as one self-contained HTML page")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show evidence, skipped checks and tracebacks")
 

@@ -122,14 +122,20 @@ class UserData:
         return None
 
     def item(self, index: int, messages: list[dict] | None, location: str) -> Item:
-        where = f"{self.spec}: ds[{index}] ({location})" if self.kind == "class" \
+        return to_item(self.raw(index, messages, location), self.where(index, location))
+
+    def where(self, index: int, location: str) -> str:
+        """How an item is named in a message: `SPEC: ds[3] (train.jsonl:4)`."""
+        return f"{self.spec}: ds[{index}] ({location})" if self.kind == "class" \
             else f"{self.spec}: {self.name}(tokenizer, conversation of {location})"
+
+    def raw(self, index: int, messages: list[dict] | None, location: str) -> Any:
+        """Item `index` as the user's code returns it (what a collator is given)."""
         try:
-            raw = self.instance[index] if self.kind == "class" \
+            return self.instance[index] if self.kind == "class" \
                 else self.obj(self.tokenizer, [dict(m) for m in messages])
         except Exception as exc:  # noqa: BLE001 - the user's code raised on this record
-            raise InputError(f"{where} raised {raised_at(exc)}") from exc
-        return to_item(raw, where)
+            raise InputError(f"{self.where(index, location)} raised {raised_at(exc)}") from exc
 
 
 def is_instance(obj: Any) -> bool:

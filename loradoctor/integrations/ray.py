@@ -19,6 +19,8 @@ From a shell, on a running cluster (`ray job submit` tells the job the cluster's
         check-dataset /shared/sft.parquet --tokenizer /shared/qwen3 \\
         --dataset /shared/code/data.py:SFTDataset --shards 64 --json > report.json
 
+(`--format github|sarif` and `--html PATH` as the CLI takes them.)
+
 Needs `pip install 'loradoctor[ray]'`.
 """
 
@@ -105,7 +107,8 @@ def _run(shards: int, num_cpus: float, address: str | None, kwargs: dict):
 def main(argv: list[str] | None = None) -> int:
     from ..version import __version__
     from ..inputs import options
-    from ..render import print_json, print_report
+    from ..render_output import Output, write_report
+    from ..render_places import run_sources
 
     own = argparse.ArgumentParser(prog="python -m loradoctor.integrations.ray", add_help=False)
     own.add_argument("--shards", type=int, required=True, metavar="N")
@@ -126,16 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     # check-dataset's options, as `loradoctor check-dataset` passes them to the API.
     inputs = options.api_kwargs(options.DATASET, args)
     del inputs["command"], inputs["shard"]
+    output = Output.from_args(args, run_sources(inputs))
     try:
+        output.check_html_path()
         with contextlib.redirect_stdout(sys.stderr):  # Ray's and the tasks' chatter
             report, title = _run(ours.shards, ours.cpus_per_shard, ours.address, inputs)
+        write_report(report, output, title=f"loradoctor {title} as Ray tasks",
+                     version=__version__)
     except InputError as exc:
         print(f"loradoctor: error: {exc}", file=sys.stderr)
         return 2
-    if args.json:
-        print_json(report, __version__)
-    else:
-        print_report(report, title=f"loradoctor {title} as Ray tasks", verbose=args.verbose)
     return report.exit_code
 
 

@@ -13,7 +13,8 @@ from loradoctor.integrations import ray
 
 pytest_plugins = ["pytester"]
 
-OUTPUT_OPTIONS = {"json", "verbose", "help"}  # how a report is written: not inputs of a run
+# How a report is written (`--json` is `--format json`): not inputs of a run.
+OUTPUT_OPTIONS = {"format", "html", "verbose", "help"}
 
 # A sample value per kind, as written on the command line and as written in a pyproject table.
 SAMPLES = {
