@@ -8,14 +8,16 @@ import time
 from pathlib import Path
 
 from ..version import __version__
-from ..findings import jsonable
+from ..findings import CheckResult, Curve, Report, Status, Table, jsonable
 from . import select_runs
 
 
-def run_reference(name: str | None, as_json: bool = False, plot: str | None = None) -> int:
+def run_reference(name: str | None, as_json: bool = False, plot: str | None = None,
+                  html: str | None = None) -> int:
+    """Run the reference runs, print them (or one JSON object), and with `html` write the
+    page of `reference_report`."""
     from rich.text import Text
 
-    from ..findings import Curve
     from ..render import console, render_view
 
     runs = select_runs(name)
@@ -24,7 +26,7 @@ def run_reference(name: str | None, as_json: bool = False, plot: str | None = No
         require_matplotlib()  # before minutes of training, not after
     out = console()
     err = console(stderr=True)
-    results = []
+    results, outcomes = [], []
     for run in runs:
         start = time.perf_counter()
         if err.is_terminal and not as_json:
@@ -33,6 +35,7 @@ def run_reference(name: str | None, as_json: bool = False, plot: str | None = No
         else:
             outcome = run.run()
         elapsed = time.perf_counter() - start
+        outcomes.append((run, outcome, elapsed))
         results.append({"name": run.name, "title": run.title, "reproduced": outcome.reproduced,
                         "curves": outcome.curves, "flagged": outcome.flagged,
                         "verdict": outcome.verdict, "marks": outcome.marks,
@@ -58,6 +61,11 @@ def run_reference(name: str | None, as_json: bool = False, plot: str | None = No
             out.print(Text.assemble("  plot: ", (results[-1]["plot"], "cyan")))
         out.print()
     ok = all(r["reproduced"] for r in results)
+    if html is not None:
+        from ..render_html import html_page, write_html
+        page = html_page(reference_report(outcomes), title="loradoctor reference runs",
+                         version=__version__, exit_code=0 if ok else 1)
+        print(f"loradoctor: HTML report written to {write_html(html, page)}", file=sys.stderr)
     if as_json:
         sys.stdout.write(json.dumps(jsonable({"tool": "loradoctor", "version": __version__,
                                               "command": "reference", "runs": results,
@@ -67,3 +75,19 @@ def run_reference(name: str | None, as_json: bool = False, plot: str | None = No
     elif not results:
         out.print("no reference runs yet")
     return 0 if ok else 1
+
+
+def reference_report(outcomes: list) -> Report:
+    """The runs as a Report (for the HTML page): one result per run, passed when it
+    reproduced its claim, with its loss curves and what loradoctor flagged on each pipeline."""
+    report = Report("reference")
+    for run, outcome, elapsed in outcomes:
+        steps = max(map(len, outcome.curves.values()), default=0)
+        flagged = Table(f"loradoctor {outcome.flagged_when}", ["pipeline", "flagged"],
+                        [[p, ", ".join(c) if c else "nothing (clean)"]
+                         for p, c in outcome.flagged.items()])
+        report.results.append(CheckResult(
+            run.name, run.title, Status.PASS if outcome.reproduced else Status.FAIL,
+            duration_s=elapsed, summary=" ".join(outcome.verdict) or None,
+            views=[Curve(f"loss over {steps} real AdamW steps", outcome.curves), flagged]))
+    return report
