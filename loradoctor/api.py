@@ -144,6 +144,7 @@ def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, datas
     parts: list[Part] = []
     titles: list[str] = []
     try:
+        _hold_quantized(model, keep)
         for cmd in commands:
             if cmd == "check-dataset":
                 ctx, title = _dataset_context(tokenizer, data, dataset, batches, tokenized,
@@ -435,6 +436,17 @@ def _model_context(model, tokenizer, data, apply, apply_args, peft, dtypes, devi
         f"peft {peft}" if peft is not None else
         "as given" if ctx.model_given is not None else "no adapter code")
     return ctx, f"check-model · {_name(model)} · {what}"
+
+
+def _hold_quantized(model: Any, keep: list) -> None:
+    """A live model with bitsandbytes layers runs them as training does for the whole run (no
+    CPU repacking, the 8-bit training matmul) and gets their state back at the end."""
+    if model is None or _is_path(model):
+        return
+    from .model.quantized_state import held
+    release = held(model)
+    if release is not None:
+        keep.append(release)
 
 
 def _set_quantize(ctx, quantize: str | None, offload: Any) -> None:

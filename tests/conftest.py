@@ -66,6 +66,26 @@ def tiny_llama_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def qlora_base_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Tiny seeded Llama checkpoints (fp32, vocab 512, 2 layers, 4 heads, 2 KV heads) to load
+    quantized: `w64` (hidden 64, intermediate 128: every width a multiple of 64) and `w40`
+    (hidden 40, intermediate 80: widths bitsandbytes' CPU layout cannot hold)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("qlora-bases")
+    out = {}
+    for name, hidden, intermediate in (("w64", 64, 128), ("w40", 40, 80)):
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=512, hidden_size=hidden, intermediate_size=intermediate,
+                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                             max_position_embeddings=256)
+        LlamaForCausalLM(config).save_pretrained(root / name)
+        out[name] = root / name
+    return out
+
+
+@pytest.fixture(scope="session")
 def qwen3_tokenizer(qwen3_tokenizer_dir):
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(qwen3_tokenizer_dir)

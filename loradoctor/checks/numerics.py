@@ -41,7 +41,10 @@ def numerics_verdict(ctx) -> Outcome:
 
     A pass is `model.to(dtype)` semantics: base and adapters in that dtype, no autocast, no
     loss scaling, eval mode. The model is cast in place one dtype at a time and restored
-    exactly (same tensors, dtypes, flags, modes and RNG states).
+    exactly (same tensors, dtypes, flags, modes and RNG states). On a quantized base (QLoRA)
+    nothing is cast: its quantized layers compute in each dtype (bitsandbytes' compute dtype,
+    the configured one always among the passes) and every other parameter stays as loaded,
+    as QLoRA trains; the table's title and the summary say so.
 
     ## Why is this bad?
     It is the summary, not a fault. An error here means the fp32 reference itself is not
@@ -80,7 +83,8 @@ def numerics_verdict(ctx) -> Outcome:
             "-" if dtype == "fp32" or not p.backward else pct(p.grad_lost_fraction),
             f"{p.seconds:.2f}s",
         ])
-    table = Table(f"probe batch {tuple(m.probe_shape)} in each dtype, against fp32",
+    how = "with the quantized layers computing in each dtype" if m.quantized else "in each dtype"
+    table = Table(f"probe batch {tuple(m.probe_shape)} {how}, against fp32",
                   ["dtype", "", "loss (Δ)", "max |Δlogit|", "grad cosine", "grads lost",
                    "time"], rows)
     findings = []

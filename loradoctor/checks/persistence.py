@@ -1,9 +1,11 @@
 """LD5xx: adapter persistence. Saving the adapters and loading them into a fresh copy, and
 merging `W + scaling * B @ A` into the base weights, must both give the model you trained.
 
-Both rules read `model/round_trip.persistence`: the adapters' B (and a zero A) set to random values
-so neither check is trivial, logits and the adapter state taken from your model as you built
-it, then a fresh copy rebuilt from the model directory by your own apply code (or PEFT).
+The rules read `model/round_trip.persistence`: the adapters' B (and a zero A) set to random
+values so no check is trivial, logits and the adapter state taken from your model as you built
+it, then a fresh copy rebuilt from the model directory by your own apply code (or PEFT). On a
+quantized base (QLoRA) the merge goes into the dequantized weights, and LD502 also says what
+requantizing it, as `merge_and_unload()` on the quantized model does, costs.
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ from pathlib import Path
 from ..findings import Severity
 from ..rules import Outcome, SkipCheck, rule
 from ..text import capped
+
+# LD502 on a quantized base: the requantized merge is not the trained model when its error is
+# larger than the adapter's own effect, or when it keeps less than this share of that effect.
+KEPT_AT_LEAST = 0.5
 
 
 def _skip_if_broken(ps) -> None:
@@ -118,21 +124,38 @@ def merge_not_equivalent(ctx) -> Outcome:
     `W + scaling * B @ A` (the scaling your modules declare, else the one measured) and whose
     adapters were then zeroed. Names the layers whose adapter output is not `scaling * B @ A @ x`.
 
+    On a quantized base (bitsandbytes 4-bit or 8-bit: QLoRA) W is the dequantized weight, the
+    tolerance is the compute dtype's (bf16 in QLoRA), and each merged weight is then quantized
+    again with its layer's own settings, which is what PEFT's `merge_and_unload()` on the
+    quantized model stores (with `||scaling * B @ A||` 5% of `||W||`, more than most trained
+    adapters change). The root mean square of the logits' change it causes is reported beside
+    the adapter's own effect (exact merge against unmerged), with the share of the effect the
+    requantized model keeps; information when the error is larger than the effect or less than
+    half of the effect survives: before training nothing is merged yet, and the way you merge
+    decides whether it happens.
+
     ## Why is this bad?
     Deployment merges the adapters into the base weights; every export tool assumes the
     adapter is exactly the linear map `scaling * B @ A`. A bias in A or B, a nonlinearity
     between them, a dropout left active or a scaling applied twice all train a model that the
-    merge cannot reproduce, so the model you ship is not the one you evaluated.
+    merge cannot reproduce, so the model you ship is not the one you evaluated. Merging into a
+    4-bit base does the same quietly: a LoRA adapter changes each weight by a few percent, less
+    than a step of the NF4 grid (NF4 stores the weights about 9% off), so requantizing
+    `W + scaling * B @ A` rounds most of the change back onto the grid and the merged 4-bit
+    model is about as far from the trained one as the untrained base is.
 
     ## Example
     ```python
     self.A = nn.Linear(in_features, rank)          # bias=True by default: B @ (A x + a)
+    merged = PeftModel.from_pretrained(base_4bit, adapter_dir).merge_and_unload()  # requantized
     ```
 
     ## Use instead
     ```python
     self.A = nn.Linear(in_features, rank, bias=False)
     self.B = nn.Linear(rank, out_features, bias=False)
+    base = base_4bit.dequantize(dtype=torch.bfloat16)  # the weights the adapter trained on
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     ```
     """
     from ..model.layer_probe import module_probe
@@ -151,6 +174,8 @@ def merge_not_equivalent(ctx) -> Outcome:
     limit = ps.merge_rtol * max(1.0, ps.logits_max_abs)
     diff = ps.merge_diff
     source = ps.merge_scaling_source
+    into = "the dequantized base weights" if ps.requantization is not None else "the base weights"
+    requantized, notes = _requantized_merge(ps)
     if diff is not None and diff > limit:
         odd = [v for v in module_probe(ctx).verdicts if v.status in ("unexplained", "no-delta")]
         where = ""
@@ -161,16 +186,43 @@ def merge_not_equivalent(ctx) -> Outcome:
                      f"between them" if v.status == "unexplained" else
                      f"; {v.adapter.name} never adds its adapter (LD204)")
         return Outcome([merge_not_equivalent.finding(
-            f"merging W + scaling * B @ A ({source} scaling) into the base weights gives logits "
+            f"merging W + scaling * B @ A ({source} scaling) into {into} gives logits "
             f"up to {diff:.4g} away from the unmerged model (tolerance {limit:.1e}){where}",
             location=odd[0].adapter.name if odd else None,
             evidence={"max_abs_diff": diff, "tolerance": limit, "scaling_source": source,
                       "modules": [v.adapter.name for v in odd[:50]]},
             fix="make the adapter exactly scaling * B(A(x)): bias=False in A and B, nothing "
-                "between them, scaling applied once")],
-            summary=f"merged vs unmerged logits max |diff| {diff:.4g} > {limit:.1e}")
-    return Outcome(summary=f"merged W + scaling * B @ A ({source} scaling) matches the unmerged "
-                           f"model (logits max |diff| {diff:.2g} <= {limit:.1e})")
+                "between them, scaling applied once"), *notes],
+            summary=f"merged vs unmerged logits max |diff| {diff:.4g} > {limit:.1e}{requantized}")
+    into = " into the dequantized base" if ps.requantization is not None else ""
+    return Outcome(notes, summary=f"merged W + scaling * B @ A ({source} scaling){into} matches "
+                                  f"the unmerged model (logits max |diff| {diff:.2g} <= "
+                                  f"{limit:.1e}){requantized}")
+
+
+def _requantized_merge(ps) -> tuple[str, list]:
+    """On a quantized base, the merge requantized as `merge_and_unload()` stores it: its figures
+    for LD502's summary, and an information finding when it is not the trained model (its
+    error larger than the adapter's own effect, or less than half of the effect kept)."""
+    from ..model.round_trip import PERTURB_RELATIVE
+    rq = ps.requantization
+    if rq is None:
+        return "", []
+    kind = rq.quantization["kind"].replace("bit", "-bit") + (
+        f" {rq.quantization['quant_type'].upper()}" if "quant_type" in rq.quantization else "")
+    moves = (f"the logits move by {rq.requantization_error:.3g} (rms), {rq.ratio:.2f}x the "
+             f"adapter's own effect ({rq.adapter_effect:.3g})")
+    kept = f"{100 * max(rq.kept, 0.0):.0f}%"
+    summary = f"; requantized into the {kind} base, {moves}, keeping {kept} of it"
+    if rq.ratio <= 1 and rq.kept >= KEPT_AT_LEAST:
+        return summary, []
+    return summary, [merge_not_equivalent.finding(
+        f"merge_and_unload() on the {kind} model requantizes the merged weights: {moves}, and "
+        f"{kept} of the effect survives: the merged model is not the one you trained",
+        severity=Severity.INFO,
+        evidence={**rq.to_dict(), "adapter_relative_size": PERTURB_RELATIVE},
+        fix="merge into the dequantized base (base.dequantize(dtype=torch.bfloat16), then "
+            "merge_and_unload()), or serve the quantized base with the adapter unmerged")]
 
 
 def _unsafe_loads(ctx) -> list:

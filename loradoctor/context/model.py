@@ -223,10 +223,22 @@ class ModelContext(ModelSource):
             if not self.static:
                 _ = self.base_logits  # must be taken before the adapters change the model
             model = self.memo("adapted", lambda: apply_adapters(self))
+        if "quantized_base" not in self.summary:
+            self._note_quantized(model)
         if self.freeze_base:
             from ..model.freeze import freeze_base
             self.memo("frozen_base", lambda: freeze_base(model))
         return model
+
+    def _note_quantized(self, model) -> None:
+        """A quantized base in the report's summary: its layers, and whether --peft prepared it
+        for k-bit training first (as QLoRA guides do)."""
+        from ..model.quantized import describe
+        note = describe(model)
+        if note is not None:
+            if self.peft_kwargs is not None:
+                note["prepared_for_kbit_training"] = True
+            self.summary["quantized_base"] = note
 
     def cleanup(self) -> None:
         """Put back the requires_grad flags `freeze_base` switched off (a live model included)."""

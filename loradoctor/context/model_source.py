@@ -25,13 +25,18 @@ class ModelSource(Memo):
         return self.user_code(self.apply_given, self.apply_spec, "apply_fn")
 
     def model_from_source(self):
-        """A new copy of the base model from the directory or the user's model code."""
+        """A new copy of the base model from the directory or the user's model code; its
+        quantized layers, if any, run as training runs them (`quantized_state.training_path`)."""
+        from ..model.quantized_state import training_path
         if self.model_spec is not None:
             from ..model.user_model import build
-            return copy.deepcopy(self.memo("pristine", lambda: build(
+            model = copy.deepcopy(self.memo("pristine", lambda: build(
                 self.model_spec, self.model_args, self.device, self.seed)))
-        return pretrained.load_model(self.model_dir, "fp32", self.device,
-                                     getattr(self, "quantize", None))
+        else:
+            model = pretrained.load_model(self.model_dir, "fp32", self.device,
+                                          getattr(self, "quantize", None))
+        training_path(model)  # loradoctor's own copy: the hooks stay with it
+        return model
 
     @property
     def base_model(self):

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 
 from .layer_names import canonical, kind_of, layer_of
+from .quantized import dequantized_weight, quant_kind
+from .quantized import shape as quantized_shape
 from .references import class_patched, forward_refs
 
 # Child names under which a wrapper module commonly keeps the layer it replaced.
@@ -39,17 +41,31 @@ _B_WORDS = {"b", "lora_b", "up", "lora_up", "out", "proj_out", "w_b", "right"}
 
 
 def linear_weight(m: nn.Module) -> torch.Tensor | None:
-    """The `(out, in)` weight of a linear-like layer, or None (Conv1D stores it transposed)."""
+    """The `(out, in)` weight of a linear-like layer, or None (Conv1D stores it transposed; a
+    bitsandbytes layer's is dequantized into a new fp32 tensor, the layer only read)."""
     if isinstance(m, nn.Linear):
-        return m.weight
-    if type(m).__name__ == "Conv1D" and getattr(m, "weight", None) is not None \
-            and m.weight.dim() == 2 and hasattr(m, "nf"):
+        return dequantized_weight(m) if quant_kind(m) is not None else m.weight
+    if _is_conv1d(m):
         return m.weight.t()
     return None
 
 
+def linear_shape(m: nn.Module) -> tuple[int, int] | None:
+    """The `(out, in)` shape of a linear-like layer's weight (None when not one), values unread."""
+    if isinstance(m, nn.Linear):
+        return quantized_shape(m) if quant_kind(m) is not None else tuple(m.weight.shape)
+    if _is_conv1d(m):
+        return int(m.weight.shape[1]), int(m.weight.shape[0])
+    return None
+
+
+def _is_conv1d(m: nn.Module) -> bool:
+    return type(m).__name__ == "Conv1D" and getattr(m, "weight", None) is not None \
+        and m.weight.dim() == 2 and hasattr(m, "nf")
+
+
 def is_linear(m: nn.Module) -> bool:
-    return linear_weight(m) is not None
+    return linear_shape(m) is not None
 
 
 @dataclass(eq=False)
@@ -318,8 +334,8 @@ def _innermost_linear(m: nn.Module) -> nn.Module:
 
 
 def _out_in(m: nn.Module) -> tuple[int, int] | None:
-    w = linear_weight(_innermost_linear(m))
-    return (int(w.shape[0]), int(w.shape[1])) if w is not None else None
+    shape = linear_shape(_innermost_linear(m))
+    return (int(shape[0]), int(shape[1])) if shape is not None else None
 
 
 def _size(m: nn.Module) -> int:

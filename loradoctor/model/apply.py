@@ -4,7 +4,8 @@ The user's function is called as `fn(model, **kwargs)`. If it returns an `nn.Mod
 the adapted model (PEFT style); otherwise the model it received was adapted in place. If it
 raises, the user gets one line naming their file and line (exit 2): a pipeline whose LoRA code
 cannot even run is an input problem, not a finding. Aliasing crashes happen later, in forward,
-and are explained by the wiring checks.
+and are explained by the wiring checks. PEFT on a quantized base (QLoRA) runs as QLoRA guides
+run it: `prepare_model_for_kbit_training` first, then `get_peft_model`.
 """
 
 from __future__ import annotations
@@ -52,9 +53,12 @@ def _check_signature(fn, kwargs, spec) -> None:
 
 def _apply_peft(model, peft_kwargs):
     try:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     except ImportError as exc:
         raise InputError("--peft needs the peft package: pip install peft") from exc
+    from .quantized import is_quantized
+    if is_quantized(model):  # fp32 norms and embeddings, gradient checkpointing, input grads
+        model = prepare_model_for_kbit_training(model)
     kwargs = dict(peft_kwargs)
     target = kwargs.get("target_modules")
     if isinstance(target, str) and target != "all-linear" and "," in target:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .layer_names import KIND_ORDER, kind_of, layer_of
+from .quantized import values_in
 
 
 @dataclass
@@ -64,7 +65,7 @@ class TrainableCount:
 def trainable_count(model, adapter_ids: set[int]) -> TrainableCount:
     count = TrainableCount()
     for n, p in model.named_parameters():
-        count.total += p.numel()
+        count.total += values_in(p)  # a 4-bit weight: its values, not its packed bytes
         if p.requires_grad:
             count.trainable += p.numel()
             if id(p) not in adapter_ids:

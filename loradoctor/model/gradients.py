@@ -1,18 +1,25 @@
 """Gradient flow: one real backward of the adapted model on the probe batch (LD404).
 
-In training mode, as people train (gradient checkpointing and dropout as in training); every
-`.grad` the user had is put back afterwards, unregistered adapter factors' included.
+In training mode, as people train (gradient checkpointing as configured), with the dropout
+modules off so the measurement does not depend on a random mask; a quantized base's layers run
+as training runs them (`quantized_state.training_path`, installed for the run). Every `.grad`
+the user had is put back afterwards, unregistered adapter factors' included.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from torch import nn
+
 from . import convention as conv_
 from .memory import releasing
 from .safety import preserved
 from .shared import discovery
 from ..text import one_line
+
+DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+           nn.FeatureAlphaDropout)
 
 
 @dataclass
@@ -45,7 +52,10 @@ def _gradients(ctx) -> GradResult:
     tensors = [p for _, p in named]
     saved_grads = [(t, t.grad) for t in tensors]  # unregistered factors too: not model params
     with preserved(model, seed=ctx.seed):
-        model.train()  # the mode people train in: gradient checkpointing, dropout as in training
+        model.train()  # the mode people train in: gradient checkpointing as configured
+        for m in model.modules():  # dropout off: no random mask decides what gets a gradient
+            if isinstance(m, DROPOUT):
+                m.eval()
         try:
             for t in tensors:
                 t.grad = None

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from .memory import releasing
+from .quantized import quant_kind
+from .quantized_state import own_output
 from .safety import preserved
 from .shared import IDENTITY_RTOL, discovery, logits, max_abs_diff, model_dtype, tol
 from ..text import one_line
@@ -78,7 +80,8 @@ def _layer_deltas(ctx, model) -> list[tuple[str, float]]:
             if x.shape[-1] != a.in_features or out.shape[-1] != a.out_features:
                 deltas[a.name] = math.inf
                 return
-            ref = F.linear(x, a.base_weight(), a.base_bias())
+            ref = own_output(a.base, x) if quant_kind(a.base) is not None else \
+                F.linear(x, a.base_weight(), a.base_bias())
             deltas[a.name] = max(deltas.get(a.name, 0.0), float((out - ref).abs().max()))
         handles.append(a.host.register_forward_hook(hook))
     try:

@@ -16,9 +16,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .adapters import Adapter, linear_weight
+from .adapters import Adapter, linear_shape, linear_weight
 from .layer_verdict import LayerVerdict, ModuleProbe, read_verdict
 from .placement import device_for, weights_of
+from .quantized import quant_kind
+from .quantized_state import own_output
 from .references import owner_index
 from .safety import preserved
 from .shared import MODULE_RTOL, discovery, model_dtype, tol
@@ -63,13 +65,9 @@ def _module_probe(ctx) -> ModuleProbe:
         def base_out(name: str, layer, width: int) -> torch.Tensor | None:
             key = ("base", name, width)
             if key not in cache:
-                with weights_of(layer):  # an offloaded layer's weights, for this call only
-                    w = linear_weight(layer)
-                    if w is None or w.shape[1] != width:
-                        return None
-                    b = getattr(layer, "bias", None)
-                    cache[key] = F.linear(x_for(width), w.detach().float().cpu(),
-                                          None if b is None else b.detach().float().cpu())
+                if linear_shape(layer) is None or linear_shape(layer)[1] != width:
+                    return None
+                cache[key] = _base_output(layer, x_for(width))
             return cache[key]
 
         def low_out(a2: Adapter, width: int) -> torch.Tensor | None:
@@ -81,13 +79,12 @@ def _module_probe(ctx) -> ModuleProbe:
                     @ a2.b_matrix().detach().float().cpu().t()
             return cache[key]
 
-        widths = sorted({int(w.shape[1]) for w in (linear_weight(m) for m in disc.linears.values())
-                         if w is not None})
+        widths = sorted({int(s[1]) for s in (linear_shape(m) for m in disc.linears.values())
+                         if s is not None})
         for a in adapters:
             v = read_verdict(a, "ok", disc, owners)
             verdicts.append(v)
-            x = x_for(a.in_features).to(device_for(a.base, a.base_weight()),
-                                        a.base_weight().dtype)
+            x = _probe_input(x_for(a.in_features), a)
             try:
                 y = _call(a.host, x)
             except RecursionError as exc:
@@ -110,6 +107,23 @@ def _module_probe(ctx) -> ModuleProbe:
                 continue
             _explain(v, y.float().cpu(), a.in_features, a, disc, adapters, base_out, low_out, rtol)
     return ModuleProbe(verdicts, rtol)
+
+
+def _probe_input(x: torch.Tensor, a: Adapter) -> torch.Tensor:
+    """`x` where and in the dtype the adapted layer's weight is (a quantized one's: fp32)."""
+    weight = a.base_weight()
+    return x.to(device_for(a.base, weight), weight.dtype)
+
+
+def _base_output(layer, x: torch.Tensor) -> torch.Tensor:
+    """`layer`'s own output on `x` (fp32, CPU): `F.linear` with its weight and bias, or a
+    quantized layer's own kernel, as the adapter around it calls it."""
+    if quant_kind(layer) is not None:
+        return own_output(layer, x.to(layer.weight.device)).float().cpu()
+    with weights_of(layer):  # an offloaded layer's weights, for this call only
+        w, b = linear_weight(layer), getattr(layer, "bias", None)
+        return F.linear(x, w.detach().float().cpu(),
+                        None if b is None else b.detach().float().cpu())
 
 
 def _call(module, x):
@@ -150,7 +164,7 @@ def _explain(v: LayerVerdict, y, width, a: Adapter, disc, adapters, base_out, lo
             return
     # Not its own layer: which weights and which adapter does it compute with?
     same = [(n, m) for n, m in disc.linears.items()
-            if (w := linear_weight(m)) is not None and tuple(w.shape) == (out_f, width)]
+            if linear_shape(m) == (out_f, width)]
     by_name = {x.name: x for x in adapters}
     js = _ordered([n for n in v.static_forward_of] + [a.name] + [n for n, _ in same],
                   {n for n, _ in same})

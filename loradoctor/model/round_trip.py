@@ -4,8 +4,11 @@
 neither check is trivial, the logits and the adapter state taken from the user's model as
 built and saved; a fresh copy rebuilt from disk with the user's own code, the state loaded
 into it (and, when the apply module defines one, through the user's own save/load pair);
-then `W + scaling * B @ A` merged into its base weights. Everything that perturbs runs inside
-`safety.preserved`, so the user's model comes back exactly as it was.
+then `W + scaling * B @ A` merged into its base weights. A quantized base (QLoRA) is merged
+dequantized: the fresh copy's quantized layers become fp32 layers holding their dequantized
+weights, and the merge's requantization is measured on top (`quantized_merge`, for LD502).
+Everything that perturbs runs inside `safety.preserved`, so the user's model comes back exactly
+as it was.
 
 The user's own save/load pair beside the apply function and the keys that tell two adapters
 on one layer apart (`shared.user_save_load`, `shared.adapter_keys`) serve check-adapter too.
@@ -24,9 +27,11 @@ import torch
 from .adapters import Adapter, discover
 from .layer_probe import module_probe
 from .memory import releasing
+from .quantized import float_copies
+from .quantized_merge import Requantization, requantization
 from .safety import preserved, rng_preserved
 from .shared import (MERGE_RTOL, ROUNDTRIP_RTOL, adapter_keys, discovery, logits, logits_diff,
-                     model_dtype, tol, user_code, user_save_load)
+                     max_abs_diff, model_dtype, tol, user_code, user_save_load)
 from ..rules import SkipCheck
 from ..text import one_line
 
@@ -57,6 +62,7 @@ class Persistence:
     merge_scaling: dict[str, float] = field(default_factory=dict)  # per adapter
     merge_scaling_source: str = "declared"
     merge_error: str | None = None
+    requantization: Requantization | None = None  # a quantized base: the merge requantized
 
 
 def persistence(ctx) -> Persistence:
@@ -126,7 +132,7 @@ def _persistence(ctx) -> Persistence:
             if load_fn is not None:
                 res.user_roundtrip = _user_roundtrip(copy, save_fn, load_fn,
                                                      tmp / "user_adapter.pth", user_error)
-            _merge(copy, scaling, res)
+            _merge_measured(copy, scaling, res)
         del fresh, reference, copy
     return res
 
@@ -215,9 +221,33 @@ def _load_saved(copy: _FreshCopy, file: Path, res: Persistence) -> None:
     res.roundtrip_diff = copy.diff()
 
 
-def _merge(copy: _FreshCopy, scaling: dict, res: Persistence) -> None:
+def _merge_measured(copy: _FreshCopy, scaling: dict, res: Persistence) -> None:
+    """The merge (LD502); into a quantized base, dequantized, then requantized."""
+    replaced = float_copies(copy.model)  # quantized layer -> fp32 layer; {} for full precision
+    if not replaced:
+        _merge(copy, scaling, res)
+        return
+    found = discover(copy.model).adapters  # the same adapters, on the fp32 layers now
+    copy.adapters = dict(zip(adapter_keys(found), found))
+    for k in copy.keys:  # unmerged: the saved A, B zero, on the dequantized base
+        if k in copy.adapters:
+            A, B = copy.perturbed[k]
+            fa = copy.adapters[k]
+            fa.set_factors(A.to(fa.A.device, fa.A.dtype),
+                           torch.zeros_like(B).to(fa.B.device, fa.B.dtype))
+    unmerged = logits(copy.model, copy.probe, copy.conv).float()  # (B, T, V)
+    merged = _merge(copy, scaling, res)
+    originals = {id(linear): layer for linear, layer in replaced.values()}
+    layers = [(fa.base, originals[id(fa.base)]) for k, fa in copy.adapters.items()
+              if id(fa.base) in originals and fa.layer_type == "linear"]
+    if merged is not None and layers:
+        res.requantization = requantization(copy.model, copy.probe, copy.conv, layers,
+                                            unmerged, merged)
+
+
+def _merge(copy: _FreshCopy, scaling: dict, res: Persistence) -> torch.Tensor | None:
     """W + scaling * B @ A into the fresh copy's base weights, adapters zeroed, then its
-    logits against the saved model's."""
+    logits against the saved model's; returns those logits (None when the merge failed)."""
     try:
         for k, a in zip(copy.keys, copy.saved):
             fa = copy.adapters.get(k)
@@ -229,9 +259,12 @@ def _merge(copy: _FreshCopy, scaling: dict, res: Persistence) -> None:
             w.copy_(merged.to(w.device, w.dtype))
             fa.set_factors(A.to(fa.A.device, fa.A.dtype),
                            torch.zeros_like(B).to(fa.B.device, fa.B.dtype))
-        res.merge_diff = copy.diff()
+        merged = logits(copy.model, copy.probe, copy.conv).float()  # (B, T, V)
+        res.merge_diff = max_abs_diff(merged, copy.reference)
+        return merged
     except Exception as exc:  # noqa: BLE001
         res.merge_error = one_line(exc)
+        return None
 
 
 def _restoration(keys, adapters, fresh_adapters, perturbed, initial) -> dict[str, Any]:

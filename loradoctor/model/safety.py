@@ -3,9 +3,10 @@
 `preserved(model, ...)` is the one context manager check-model uses around anything that
 changes state: it restores the values of the tensors it is given (in place, so the parameter
 objects and any optimizer holding them stay valid), every `.grad`, every `requires_grad` flag,
-every module's train/eval mode and the global RNG states (torch CPU and CUDA, Python's
-`random`, NumPy's when imported). `snapshot()` / `changes()` are a cheap fingerprint of the
-same things, for tests and for the gate.
+every module's train/eval mode, every quantized layer's state (bitsandbytes rewrites its
+layers as they run: `quantized_state.kept`) and the global RNG states (torch CPU and CUDA,
+Python's `random`, NumPy's when imported). `snapshot()` / `changes()` are a cheap fingerprint
+of the same things (a quantized layer's bit for bit), for tests and for the gate.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Iterable, Iterator
 
 import torch
 from torch import nn
+
+from .quantized_state import differences, fingerprint, kept
 
 
 @contextmanager
@@ -40,7 +43,8 @@ def rng_preserved(seed: int | None = None) -> Iterator[None]:
 @contextmanager
 def preserved(model: nn.Module, values: Iterable[torch.Tensor] = (), *,
               seed: int | None = 0) -> Iterator[None]:
-    """Restore `values` (by copy, in place), grads, requires_grad, modes and RNG after the block."""
+    """Restore `values` (by copy, in place), grads, requires_grad, modes, quantized layers'
+    state and RNG after the block."""
     params = list(model.parameters())
     # backward() accumulates into an existing .grad in place: keep its values, not only the
     # tensor, and put both back (the same tensor object, holding the same numbers).
@@ -55,16 +59,16 @@ def preserved(model: nn.Module, values: Iterable[torch.Tensor] = (), *,
         seen.add(id(t))
         saved.append((t, t.detach().clone()))
     try:
-        with rng_preserved(seed):
+        with rng_preserved(seed), kept(model):
             yield
     finally:
         with torch.no_grad():
             for t, copy in saved:
                 t.copy_(copy)
-        for p, g, kept in grads:
+        for p, g, grad_values in grads:
             if g is not None:
                 with torch.no_grad():
-                    g.copy_(kept)
+                    g.copy_(grad_values)
             p.grad = g
         for p, flag in flags:
             if p.requires_grad != flag:
@@ -75,8 +79,11 @@ def preserved(model: nn.Module, values: Iterable[torch.Tensor] = (), *,
 
 def snapshot(model: nn.Module) -> dict:
     """A fingerprint of everything check-model promises not to change (values exactly, by copy)."""
+    with kept(model):  # a state_dict of bitsandbytes' CPU layout rewrites the layer back
+        state = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
     return {
-        "state": {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
+        "state": state,
+        "quantized": fingerprint(model),
         "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
         "grad": {n: None if p.grad is None else p.grad.detach().clone()
                  for n, p in model.named_parameters()},
@@ -105,6 +112,9 @@ def changes(model: nn.Module, before: dict) -> list[str]:
         h = after["grad"].get(n)
         if (g is None) != (h is None) or (g is not None and not torch.equal(g, h)):
             out.append(f"grad of {n} changed")
+    changed = differences(before["quantized"], after["quantized"])
+    if changed:
+        out.append(f"quantized layer state changed: {changed[:5]}")
     if not torch.equal(after["rng"], before["rng"]):
         out.append("torch RNG state changed")
     if after["py_rng"] != before["py_rng"]:

@@ -22,6 +22,7 @@ import torch
 
 from . import convention as conv_
 from .adapters import Adapter, Discovery, discover
+from .quantized import compute_dtype, quant_kind
 from ..rules import SkipCheck
 
 # Relative tolerances by the dtype the adapted layers compute in (named, not buried).
@@ -70,9 +71,12 @@ def adapters_or_skip(ctx, linear_only: bool = False) -> list[Adapter]:
 
 
 def model_dtype(ctx) -> torch.dtype:
-    """The dtype the adapted layers compute in (tolerances depend on it)."""
+    """The dtype the adapted layers compute in (tolerances depend on it): a quantized base
+    layer's compute dtype (bf16 in QLoRA), else its weight's."""
     for a in discovery(ctx).adapters:
         if a.layer_type == "linear":
+            if quant_kind(a.base) is not None:
+                return compute_dtype(a.base)
             return a.base_weight().dtype
     return next(ctx.adapted.parameters()).dtype
 

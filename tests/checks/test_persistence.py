@@ -129,3 +129,32 @@ def test_persistence_skips_when_the_adapted_model_cannot_run(cli, tiny_llama_dir
     code, data = check(cli, tiny_llama_dir, f"{MINIMIND}:apply_lora")
     assert {c["status"] for c in data["checks"]} == {"skip"}
     assert "see LD201/LD401" in data["checks"][0]["summary"]
+
+
+def test_a_merge_into_a_4bit_base_requantizes_the_adapter_away(cli, qlora_base_dirs):
+    """LD502 on a base its model code loads in 4-bit NF4: the merge into the dequantized base
+    is exact; requantized, as merge_and_unload() stores it, it is information with figures."""
+    code, data = check(cli, f"{LORA / 'ld502_quantized.py'}:bad", None, "--model-arg",
+                       f"path={qlora_base_dirs['w64']}", "--peft",
+                       "r=8,lora_alpha=16,target_modules=all-linear")
+    assert code == 0
+    (note,) = found(data, "LD502", "info")
+    assert note["message"].startswith("merge_and_unload() on the 4-bit NF4 model requantizes "
+                                      "the merged weights: the logits move by")
+    assert note["evidence"]["kept"] < 0.5
+    assert [f for f in data["findings"] if f["severity"] != "info"] == []
+    summary = {c["code"]: c["summary"] for c in data["checks"]}["LD502"]
+    assert summary.startswith("merged W + scaling * B @ A (declared scaling) into the "
+                              "dequantized base matches the unmerged model")
+    assert "; requantized into the 4-bit NF4 base, the logits move by" in summary
+    assert data["summary"]["quantized_base"]["prepared_for_kbit_training"] is True
+
+
+def test_a_merge_into_an_8bit_base_keeps_the_adapter(cli, qlora_base_dirs):
+    code, data = check(cli, f"{LORA / 'ld502_quantized.py'}:good", None, "--model-arg",
+                       f"path={qlora_base_dirs['w64']}", "--peft",
+                       "r=8,lora_alpha=16,target_modules=all-linear")
+    assert code == 0 and not data["findings"]
+    summary = {c["code"]: c["summary"] for c in data["checks"]}["LD502"]
+    assert "; requantized into the 8-bit base, the logits move by" in summary
+    assert summary.endswith(("keeping 100% of it", "keeping 99% of it"))

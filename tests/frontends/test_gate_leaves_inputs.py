@@ -10,7 +10,9 @@ run backward passes, train and cast all run.
 
 The models are the tiny seeded Llama (a 512-token vocabulary keeps the fp32 and bf16 passes
 cheap; the Qwen3 tokenizer's ids past it are left out of the probe batch): once wrapped by
-PEFT, once adapted by hand with MiniMind-style code.
+PEFT, once adapted by hand with MiniMind-style code, and once as a QLoRA model (loaded in
+4-bit by bitsandbytes, prepared for k-bit training, then PEFT), whose every quantized layer
+(codes, scales, quant state, flags) must come back bit for bit.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 
 import loradoctor
 from loradoctor.inputs.specs import load_spec
+from loradoctor.model.quantized_state import differences, fingerprint
 from loradoctor.model.safety import changes, snapshot
 
 from ..conftest import DATA, FIXTURES, PIPELINES
@@ -98,6 +101,18 @@ def hand_adapted_model(model_dir):
     return model
 
 
+def qlora_model(model_dir):
+    """The QLoRA recipe on the tiny Llama: intermediate 160, a width bitsandbytes' CPU layout
+    cannot hold, so an eval forward without gradients would crash halfway through a layer."""
+    pytest.importorskip("bitsandbytes")
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    from loradoctor.inputs.pretrained import load_model
+    base = prepare_model_for_kbit_training(load_model(model_dir, "fp32", "cpu", "4bit"))
+    return get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16,
+                                           target_modules="all-linear"))
+
+
 def run_gate(**kwargs):
     """The gate's Report, whether it returns it or raises with it."""
     try:
@@ -106,7 +121,8 @@ def run_gate(**kwargs):
         return exc.report
 
 
-@pytest.mark.parametrize("build", [peft_model, hand_adapted_model], ids=["peft", "by-hand"])
+@pytest.mark.parametrize("build", [peft_model, hand_adapted_model, qlora_model],
+                         ids=["peft", "by-hand", "qlora"])
 def test_the_gate_leaves_model_rng_dataset_and_tokenizer_as_found(tiny_llama_dir, tokenizer,
                                                                   build):
     model = build(tiny_llama_dir)
@@ -128,12 +144,14 @@ def test_the_gate_leaves_model_rng_dataset_and_tokenizer_as_found(tiny_llama_dir
 
     tok_before, rng_before = tokenizer_state(tokenizer), rng_states()
     model_before, buffers_before = snapshot(model), buffers(model)
+    quantized_before = fingerprint(model)
     report = run_gate(model=model, tokenizer=tokenizer, dataset=dataset, train_steps=2,
                       dtypes=("fp32", "bf16"))
 
     assert_same_rng(rng_before, rng_states())  # first: the checks below draw no numbers
     assert tokenizer_state(tokenizer) == tok_before
     assert changes(model, model_before) == []
+    assert differences(quantized_before, fingerprint(model)) == []
     after = buffers(model)
     assert after.keys() == buffers_before.keys()
     assert all(torch.equal(after[n], b) for n, b in buffers_before.items())

@@ -34,6 +34,8 @@ def numerics(ctx) -> Measurement:
             m = measure(model, ctx.probe, dtypes=ctx.dtypes, device=ctx.device, options=opts,
                         on_pass=lambda _p: advance(1), convention=ctx.convention)
         ctx.summary["numerics"] = summary_figures(m, opts, adapter_lost_fraction(ctx, m))
+        if m.quantized is not None and isinstance(ctx.summary.get("quantized_base"), dict):
+            ctx.summary["quantized_base"]["numerics"] = m.quantized  # what was measured
         return m
     return ctx.memo("numerics", compute)
 

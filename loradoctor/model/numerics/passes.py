@@ -26,6 +26,13 @@ fp32 for the loss), no autocast and no loss scaling: what a "load in fp16 and tr
 on its first step. The model is called, and its labels given, the way its own convention
 says (`model.convention`: transformers' keywords, or nanoGPT's `idx`/`targets`). The model
 runs in eval mode (no dropout) so that dtypes are compared on the same computation.
+
+A quantized base (QLoRA) cannot be loaded in another dtype, and casting the rest of it is not
+what QLoRA training does: there a pass leaves every parameter as loaded (the adapters and, after
+`prepare_model_for_kbit_training`, the norms and embeddings in fp32) and makes the quantized
+layers compute in the pass's dtype (`quantized_state.computing_in`: bitsandbytes'
+`compute_dtype`), so fp32 is the exact reference and the layers' configured compute dtype is
+always one of the passes. `Measurement.quantized` says so in words.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ from typing import Any, Callable
 from ..convention import HF, LossConvention, call, logits_of, scored_loss
 from ..convention import loss as model_loss
 from ..memory import releasing
+from ..quantized import numerics_note
+from ..quantized_state import computing_in
 from .recorder import ModuleRecorder, ModuleStat, peak_of
 from ...text import one_line
 
@@ -148,6 +157,7 @@ class Measurement:
     # "fp32" / "fp16" -> trainable parameter name -> its gradient, flattened and strided
     grad_samples: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: float = 0.0
+    quantized: str | None = None  # on a quantized base: what a pass in a dtype means there
 
     @property
     def fp32(self) -> DtypePass:
@@ -213,6 +223,7 @@ def cast_in_place(model, dtype):
     """Cast every floating parameter and buffer to `dtype`; put the very same tensors back after.
 
     Gradients are set aside too (a pass accumulates its own), and restored as the same objects.
+    `dtype` None casts nothing and only sets the gradients aside.
     """
     saved_params, saved_buffers, seen = [], [], set()
     try:
@@ -223,10 +234,11 @@ def cast_in_place(model, dtype):
                 seen.add(id(p))
                 saved_params.append((p, p.data, p.grad))
                 p.grad = None
-                if p.is_floating_point() and p.dtype != dtype:
+                if dtype is not None and p.is_floating_point() and p.dtype != dtype:
                     p.data = p.data.to(dtype)
             for name, b in module._buffers.items():
-                if b is not None and b.is_floating_point() and b.dtype != dtype:
+                if dtype is not None and b is not None and b.is_floating_point() \
+                        and b.dtype != dtype:
                     saved_buffers.append((module, name, b))
                     module._buffers[name] = b.to(dtype)
         yield
@@ -277,12 +289,25 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
+@contextmanager
+def in_dtype(model, dtype, quantized: bool):
+    """`model` in `dtype` for one pass: cast in place; a quantized base keeps every parameter
+    as loaded and only its quantized layers compute in `dtype`."""
+    if not quantized:
+        with cast_in_place(model, dtype):
+            yield
+        return
+    with cast_in_place(model, None), computing_in(model, dtype):
+        yield
+
+
 @releasing
 def run_pass(model, probe: dict, dtype: str, device: str, trainable: list[tuple[str, Any]],
-             stride: int, ref: _Reference | None,
-             conv: LossConvention = HF) -> tuple[DtypePass, _Reference | None, dict]:
-    """One forward+backward of `model` cast to `dtype`; returns the pass, the fp32 reference
-    (when `ref` is None, i.e. this is the fp32 pass) and the sampled trainable gradients.
+             stride: int, ref: _Reference | None, conv: LossConvention = HF,
+             quantized: bool = False) -> tuple[DtypePass, _Reference | None, dict]:
+    """One forward+backward of `model` cast to `dtype` (on a quantized base: its quantized
+    layers computing in `dtype`); returns the pass, the fp32 reference (when `ref` is None,
+    i.e. this is the fp32 pass) and the sampled trainable gradients.
 
     A model without a loss of its own is scored with next-token cross-entropy in fp32, as
     transformers computes it (`convention.loss`)."""
@@ -297,7 +322,7 @@ def run_pass(model, probe: dict, dtype: str, device: str, trainable: list[tuple[
     _sync(device)
     start = time.perf_counter()
     try:
-        with cast_in_place(model, torch_dtype(dtype)), recorder:
+        with in_dtype(model, torch_dtype(dtype), quantized), recorder:
             out = call(model, probe, conv, labels=True, use_cache=False)
             logits = logits_of(out, tuple(probe["input_ids"].shape))  # (B, T, V)
             loss = model_loss(out, probe, conv, logits)
@@ -396,6 +421,9 @@ def measure(model, probe: dict, *, dtypes: tuple[str, ...] | None, device: str,
     """
     options = options or NumericsOptions()
     order, auto = resolve_dtypes(dtypes)
+    quantized = numerics_note(model)
+    if quantized is not None:  # the dtype the quantized layers are configured to compute in
+        order = tuple(d for d in DTYPES if d in order or d in quantized[1])
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     total = sum(p.numel() for _, p in trainable)
     stride = max(1, math.ceil(total / options.grad_sample_budget))
@@ -403,7 +431,7 @@ def measure(model, probe: dict, *, dtypes: tuple[str, ...] | None, device: str,
                     probe_shape=tuple(probe["input_ids"].shape),
                     probe_source=str(probe.get("source", "")), passes={},
                     trainable=[Trainable(n, _dtype_name(p.dtype), p.numel()) for n, p in trainable],
-                    sample_stride=stride)
+                    sample_stride=stride, quantized=quantized and quantized[0])
     start = time.perf_counter()
     ref, ref_grads = None, {}
     with preserved(model):
@@ -416,7 +444,7 @@ def measure(model, probe: dict, *, dtypes: tuple[str, ...] | None, device: str,
                     dtype, status="failed", error="not run: the fp32 reference pass failed")
             else:
                 result, new_ref, grads = run_pass(model, probe, dtype, device, trainable, stride,
-                                                  ref, convention)
+                                                  ref, convention, quantized is not None)
                 m.passes[dtype] = result
                 if dtype == "fp32":
                     ref, ref_grads = new_ref, grads
