@@ -237,6 +237,12 @@ def no_gradient_flow(ctx) -> Outcome:
     healthy. Gradient checkpointing with frozen embeddings and no input gradients is the
     classic case: every `lora_B` stays zero for the whole run.
 
+    On a quantized base the backward runs as training runs it. 4-bit layers that bitsandbytes
+    already rewrote into its CPU inference layout before the check (an eval forward without
+    gradients ran on the model: `generate()`, an evaluation under `torch.no_grad()`) are an
+    error of their own: that layout's matmul has no backward, so the adapters before those
+    layers get no gradient and the others wrong ones.
+
     Severities: an error where an adapter cannot train at all (B gets no gradient, B frozen,
     not registered). Only A frozen or outside the graph is a warning: B still trains against
     a fixed random projection (LoRA-FA freezes A on purpose), so the run is weaker, not
@@ -285,6 +291,7 @@ def no_gradient_flow(ctx) -> Outcome:
             fix=f"set requires_grad = True on {which} too, unless a frozen {which} is what you "
                 f"mean"))
     live = [a for a in adapters if a not in frozen]
+    findings += _packed_for_cpu(ctx)
     findings += _outside_the_graph(adapters, live, gr)
     # Base parameters get a gradient only when they require one: that is the unfrozen base,
     # reported once by LD210; here it is only counted.
@@ -298,6 +305,23 @@ def no_gradient_flow(ctx) -> Outcome:
     if gr.loss is not None and not math.isfinite(gr.loss):
         summary += f" (loss {gr.loss})"
     return Outcome(findings, summary=summary)
+
+
+def _packed_for_cpu(ctx) -> list:
+    """LD404 on 4-bit layers already in bitsandbytes' CPU inference layout (no backward)."""
+    from ..model.quantized import packed_layers, quantized_layers
+    packed = packed_layers(ctx.adapted)
+    if not packed:
+        return []
+    return [no_gradient_flow.finding(
+        f"{len(packed)} of {len(quantized_layers(ctx.adapted))} 4-bit layers are already in "
+        f"bitsandbytes' CPU inference layout ({capped(packed)}): an eval forward without "
+        f"gradients ran on this model before (generate(), an evaluation under no_grad); that "
+        f"layout's matmul has no backward, so gradients stop at these layers and the ones that "
+        f"arrive are wrong", location=packed[0], evidence={"modules": packed},
+        fix="load the model again and train before any eval forward on CPU (or run those "
+            "forwards with the 4-bit layers in train mode); state_dict() undoes the layout "
+            "only in part")]
 
 
 def _outside_the_graph(adapters, live, gr) -> list:

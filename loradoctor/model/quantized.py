@@ -64,6 +64,11 @@ def packed_for_cpu(module: nn.Module) -> bool:
     return bool(getattr(state, "packing_format_for_cpu", False))
 
 
+def packed_layers(model: nn.Module) -> list[str]:
+    """The 4-bit layers of `model` that bitsandbytes already rewrote into its CPU layout."""
+    return [n for n, m in quantized_layers(model).items() if packed_for_cpu(m)]
+
+
 def shape(module: nn.Module) -> tuple[int, int]:
     """The layer's true (out_features, in_features)."""
     return int(module.out_features), int(module.in_features)
@@ -189,7 +194,7 @@ def describe(model: nn.Module) -> dict[str, Any] | None:
         return None
     first = next(iter(layers.values()))
     return {**settings(first), "layers": len(layers),
-            "packed_for_cpu": sum(packed_for_cpu(m) for m in layers.values())}
+            "packed_for_cpu": len(packed_layers(model))}
 
 
 def numerics_note(model: nn.Module) -> tuple[str, set[str]] | None:

@@ -77,6 +77,30 @@ def test_the_gradient_flows_as_in_training_where_an_eval_forward_would_have_stop
                    for m in quantized.quantized_layers(model).values())
 
 
+def test_a_model_an_eval_forward_already_rewrote_is_an_error_and_stays_as_found(
+        qlora_base_dirs):
+    """The user's own eval forward without gradients (generate(), an evaluation under no_grad)
+    rewrote the 4-bit layers into bitsandbytes' CPU layout before the gate: training it now
+    is broken, and loradoctor says so without undoing or redoing the layout."""
+    import bitsandbytes.functional as bnb_f
+    if not bnb_f.has_avx512bf16():
+        pytest.skip("this CPU has no AVX512-BF16: bitsandbytes never uses its CPU layout")
+    model = qlora(qlora_base_dirs["w64"], "4bit")
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=torch.arange(16).view(1, 16))
+    model.train()
+    before = fingerprint(model)
+    report = loradoctor.check(model=model, select="LD404")
+    (packed, *rest) = [f for f in report.findings if f.code == "LD404"]
+    assert packed.severity is Severity.ERROR
+    assert packed.message.startswith("14 of 14 4-bit layers are already in bitsandbytes' CPU "
+                                     "inference layout")
+    assert rest and "exactly zero in 10 of 14 adapters" in rest[0].message
+    assert report.summary["quantized_base"]["packed_for_cpu"] == 14
+    assert differences(before, fingerprint(model)) == []
+
+
 def test_the_weights_are_read_back_in_every_layout_without_writing_into_a_layer(
         qlora_base_dirs):
     import bitsandbytes.functional as bnb_f
