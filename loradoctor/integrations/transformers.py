@@ -19,6 +19,11 @@ hides is seen) and the trainable gradients' norm (read before the optimizer step
 training (`control.should_training_stop`) and leaves the findings on `callback.report`,
 `"warn"` prints them and goes on. Every finding lands on `callback.report` either way.
 
+Whatever `report_to` the run uses (TensorBoard, W&B, MLflow, ...) gets loradoctor's numbers
+through the Trainer's own logs at each logging step: the first batches' supervised share, the
+trainable gradient norm, the B factors' norm and growth, a count per rule that fired; and the
+gate's report as text where the integration takes text (`dashboards.py`).
+
 Reading the first batches does not change what the trainer then trains on: the RNG states and
 every sampler generator are put back, and the dataloader's iteration is closed.
 
@@ -62,6 +67,7 @@ class LoraDoctorCallback(TrainerCallback):
         self.check_kwargs = check_kwargs  # e.g. dtypes=("fp32", "bf16"), train_steps=0
         self.report = Report("trainer")
         self.watch: Watchdog | None = None
+        self.dashboards = None  # loradoctor's figures in the run's own logs (dashboards.py)
         self._hook = None
         self._losses: list = []
 
@@ -72,7 +78,9 @@ class LoraDoctorCallback(TrainerCallback):
         from .. import api
         from ..errors import UnhealthyPipeline
         from ..render import concise
+        from .dashboards import Dashboards
 
+        self.dashboards = Dashboards.attach(self.report, model)
         tokenizer = self.tokenizer or _tokenizer_of(processing_class)
         if not getattr(tokenizer, "chat_template", None):
             tokenizer = None  # no template's truth: the batches' labels are read alone
@@ -91,10 +99,15 @@ class LoraDoctorCallback(TrainerCallback):
             gate_report, title = api.check_on_every_rank(every_rank=self.every_rank, **inputs)
             self.report.results.extend(gate_report.results)
             self.report.summary.update(gate_report.summary)
+            title = f"loradoctor · trainer start · {title}"
+            if self.dashboards is not None:  # before a raise: the dashboards show why
+                self.dashboards.log_gate(args, state, control, gate_report, title,
+                                         inputs.get("batches"))
             if not self.quiet or not gate_report.ok:
-                self._print(gate_report, f"loradoctor · trainer start · {title}")
+                self._print(gate_report, title)
             if not gate_report.ok:
                 if self.on_error == "raise":
+                    self._detach_dashboards()  # on_train_end will not run
                     raise UnhealthyPipeline(gate_report, concise(gate_report))
                 if self.on_error == "stop":
                     control.should_training_stop = True
@@ -136,6 +149,8 @@ class LoraDoctorCallback(TrainerCallback):
             loss = torch.stack([x.float().reshape(()) for x in losses]).mean()
         findings = self.watch.step(loss, grad_norm=getattr(self, "_grad_norm", None),
                                    step=state.global_step)
+        if self.dashboards is not None:
+            self.dashboards.grad_norm = self.watch.state.grad_norm
         if findings:
             self.report.results.extend(r for r in self.watch.report.results
                                        if r not in self.report.results)
@@ -150,7 +165,12 @@ class LoraDoctorCallback(TrainerCallback):
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        self._detach_dashboards()
         return control
+
+    def _detach_dashboards(self) -> None:
+        if self.dashboards is not None:
+            self.dashboards.detach()
 
     def _print(self, report: Report, title: str) -> None:
         """On stderr, once per job: several processes hold the same report; rank 0 prints."""
