@@ -50,11 +50,12 @@ class Places:
 
     def of_finding(self, finding: Finding) -> Place | None:
         """The finding's place; a data finding naming consecutive lines from its first
-        (`evidence["lines"]`: 1, 2, 3, ...) spans them."""
+        (`evidence["lines"]`: 1, 2, 3, ...) spans them. The lines are the data's, so a place in
+        code (`.py`) never spans."""
         place = self.of(finding.location)
         lines = finding.evidence.get("lines") if isinstance(finding.evidence, dict) else None
-        if place is None or place.line is None or not isinstance(lines, list) \
-                or not lines or lines[0] != place.line:
+        if place is None or place.line is None or place.path.endswith(".py") \
+                or not isinstance(lines, list) or not lines or lines[0] != place.line:
             return place
         end = place.line
         for n in lines[1:]:
