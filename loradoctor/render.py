@@ -1,4 +1,6 @@
-"""The only code that prints: the rich doctor view, JSON, rule docs and reference runs.
+"""The rich doctor view, JSON, rule docs and reference runs; the other formats (GitHub
+annotations, SARIF, the HTML page) are the `render_*` modules beside this one, and
+`render_output` is where a command line chooses among them. Nothing else prints a report.
 
 Colour follows the terminal (rich's detection, `NO_COLOR`, `TERM=dumb`); piped output is
 plain text. JSON goes to standard output as exactly one object; progress goes to stderr.
