@@ -95,7 +95,8 @@ def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, datas
             fp16_headroom: float = 4.0, command: str | None = None,
             shard: str | tuple[int, int] | None = None, static: bool = False,
             offload: bool | dict | str | None = None, quantize: str | None = None,
-            collator: Any = None, collator_args: dict | None = None) -> Run:
+            collator: Any = None, collator_args: dict | None = None,
+            real_dtypes: bool = False) -> Run:
     """Check and load the inputs (raising `InputError` for what cannot be read) and choose rules.
 
     `command` is one of `check-dataset`, `check-model`, `check-adapter` (the CLI's); without
@@ -120,6 +121,10 @@ def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, datas
     QLoRA guides do (4-bit NF4 computing in bf16, or 8-bit); with `peft`,
     `prepare_model_for_kbit_training` runs before `get_peft_model`. A live model already
     quantized is recognised as it is and needs no argument.
+
+    `real_dtypes=True` runs the numerics' fp16 pass on a CPU (and bf16, where the CPU has no
+    bf16 kernels) in torch's own slow kernels; by default their matmuls and attention are
+    emulated in fp32 on the low-precision values, as a GPU computes them, and the report says so.
 
     `collator` (a SPEC, a class built with the tokenizer and `collator_args`, or a callable
     taking a list of dataset items) is given the dataset's items (the user's dataset, or the
@@ -161,6 +166,7 @@ def prepare(*, model: Any = None, tokenizer: Any = None, data: Any = None, datas
                                             apply_args, peft, dtypes, device, train_steps,
                                             freeze_base, fp16_headroom, keep, model_args)
                 ctx.static = bool(static)
+                ctx.real_dtypes = bool(real_dtypes)
                 _set_quantize(ctx, quantize, offload)
                 if offload is not None and offload is not False:
                     from .model.offload import parse_max_memory
@@ -288,6 +294,15 @@ def _noted(title: str, ctx: Any) -> str:
     return f"{title} · {note}" if note else title
 
 
+def _set_tokenizer(ctx, tokenizer: Any, keep: list) -> None:
+    """A tokenizer directory, or a live tokenizer (its settings put back after the run)."""
+    if _is_path(tokenizer):
+        ctx.tokenizer_dir = Path(tokenizer)
+    elif tokenizer is not None:
+        ctx.tokenizer_given = tokenizer
+        keep.append(restorer(tokenizer))
+
+
 def _set_model(ctx, model: Any, model_args: dict | None) -> None:
     """A model directory, the user's model SPEC (with its args) or a live nn.Module on `ctx`."""
     from .model.user_model import is_spec
@@ -323,11 +338,7 @@ def _dataset_context(tokenizer, data, dataset, batches, tokenized, max_length, s
                          tokenized=bool(tokenized), labels_only=labels_only)
     if model is not None:
         _set_model(ctx, model, model_args)
-    if _is_path(tokenizer):
-        ctx.tokenizer_dir = Path(tokenizer)
-    elif tokenizer is not None:
-        ctx.tokenizer_given = tokenizer
-        keep.append(restorer(tokenizer))
+    _set_tokenizer(ctx, tokenizer, keep)
     if data is not None:
         if _is_path(data):
             ctx.data = Path(data)
@@ -424,11 +435,7 @@ def _model_context(model, tokenizer, data, apply, apply_args, peft, dtypes, devi
         ctx.apply_spec = apply
     elif apply is not None:
         ctx.apply_given = apply
-    if _is_path(tokenizer):
-        ctx.tokenizer_dir = Path(tokenizer)
-    elif tokenizer is not None:
-        ctx.tokenizer_given = tokenizer
-        keep.append(restorer(tokenizer))
+    _set_tokenizer(ctx, tokenizer, keep)
     if data is not None:
         ctx.data = Path(data)
     what = apply if isinstance(apply, str) else (

@@ -24,6 +24,11 @@ through the Trainer's own logs at each logging step: the first batches' supervis
 trainable gradient norm, the B factors' norm and growth, a count per rule that fired; and the
 gate's report as text where the integration takes text (`dashboards.py`).
 
+The dataloader's own collator (`collate_fn`) is also given the first items of its dataset, and
+the labels it makes are compared with the dataset's (LD118: a collator that rebuilds labels
+from `input_ids` throws the dataset's masks away); packed batches are judged sample by sample
+(LD119, LD120).
+
 Reading the first batches does not change what the trainer then trains on: the RNG states and
 every sampler generator are put back, and the dataloader's iteration is closed.
 
@@ -89,6 +94,7 @@ class LoraDoctorCallback(TrainerCallback):
                                   "dtypes": run_dtypes(args), **self.check_kwargs}
         if train_dataloader is not None and self.n_batches > 0:
             inputs["batches"] = first_batches(train_dataloader, self.n_batches)
+            inputs.update(collator_inputs(train_dataloader))
             if tokenizer is not None:
                 inputs["tokenizer"] = tokenizer
         if self.check_model and model is not None:
@@ -222,6 +228,19 @@ def first_batches(dataloader, n: int) -> list:
     for g, state in states:
         g.set_state(state)
     return out
+
+
+def collator_inputs(dataloader) -> dict[str, Any]:
+    """The dataloader's collator and the dataset it collates (`collator=`, `dataset=` beside
+    the batches): a dataset read by index only, so a stream is never read twice."""
+    base = getattr(dataloader, "base_dataloader", None) or dataloader
+    collate = getattr(dataloader, "collate_fn", None) or getattr(base, "collate_fn", None)
+    dataset = getattr(dataloader, "dataset", None)
+    if dataset is None:
+        dataset = getattr(base, "dataset", None)
+    if collate is None or not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+        return {}
+    return {"collator": collate, "dataset": dataset}
 
 
 def _generators(dataloader) -> list:
