@@ -10,9 +10,10 @@ holds that output alone; the HTML page's path is said on standard error.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import InputError
 
@@ -28,7 +29,7 @@ class Output:
     sources: list[Path] = field(default_factory=list)
 
     @classmethod
-    def from_args(cls, args: Any, sources: Iterable[str | Path] = ()) -> "Output":
+    def from_args(cls, args: Any, sources: Iterable[str | Path] = ()) -> Output:
         return cls(getattr(args, "format", None) or "text", getattr(args, "html", None),
                    bool(getattr(args, "verbose", False)), [Path(s) for s in sources])
 

@@ -16,9 +16,10 @@ import glob
 import os
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .findings import Finding
 from .inputs import options

@@ -32,7 +32,7 @@ LEVELS = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "
 # GitHub code scanning's own severity words (`problem.severity`) for a rule's findings.
 PROBLEM_SEVERITY = {Severity.ERROR: "error", Severity.WARNING: "warning",
                     Severity.INFO: "recommendation"}
-_SECTION = re.compile(r"^## What it does\n(?P<body>.*?)(?=^## |\Z)", re.S | re.M)
+_SECTION = re.compile(r"^## What it does\n(?P<body>.*?)(?=^## |\Z)", re.DOTALL | re.MULTILINE)
 
 
 def sarif_log(report: Report, places: Places, version: str) -> dict[str, Any]:

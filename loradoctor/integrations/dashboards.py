@@ -58,7 +58,7 @@ class Dashboards:
                                             if not isinstance(cb, LogFeeder))]
 
     @classmethod
-    def attach(cls, report: Report, model: Any = None) -> "Dashboards | None":
+    def attach(cls, report: Report, model: Any = None) -> Dashboards | None:
         """Dashboards fed through the Trainer's callback handler that is calling this train
         start (None when the callback is called some other way). The handler iterates the list
         it started with, so the new list with the feeder first takes effect from the next

@@ -63,7 +63,7 @@ def test_the_workflows_commands_run_here_and_leave_what_it_uploads(project):
         # GitHub's default shell for `run:` on Linux.
         proc = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c",
                                command], cwd=project, env=shell_env, capture_output=True,
-                              text=True, timeout=600)
+                              text=True, timeout=600, check=False)
         codes[step["name"]], outs[step["name"]] = proc.returncode, proc.stdout
     junit, annotate, sarif = list(codes)
     # The pipeline is broken (LD101, LD102): the checks fail the job; SARIF's step does not.
