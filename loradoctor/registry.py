@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any, Callable
 
 from .checks import fuzz, labels, masking, numerics, persistence, records, tool, wiring
+from .checks import collation
 from .checks import saved_adapter
 from .checks import initialisation
 from .checks import training_run
@@ -20,7 +21,7 @@ from .rules import Rule, SkipCheck
 TOOL_RULES: list[Rule] = list(tool.RULES)
 # `--fuzz` failures land under the masking rule they break (checks/fuzz.py), hence the wrap.
 DATASET_RULES: list[Rule] = [*records.RULES, *fuzz.with_fuzz(masking.RULES), *labels.RULES,
-                             *fuzz.RULES]
+                             *collation.RULES, *fuzz.RULES]
 MODEL_RULES: list[Rule] = [*wiring.RULES, *initialisation.RULES, *numerics.RULES,
                            *persistence.RULES]
 ADAPTER_RULES: list[Rule] = list(saved_adapter.RULES)  # check-adapter: the saved artifact

@@ -39,6 +39,7 @@ class Row:
     item: Item | None
     problem: str | None = None
     positions: list[int] | None = None  # the row's (or packed sample's) position_ids
+    sample: tuple[int, int] | None = None  # a packed row's sample: (its index, how many)
 
 
 def to_row(raw: Any, line: int, location: str) -> Row:
@@ -160,4 +161,5 @@ def batch_rows(batches: Iterable[Any]) -> Iterator[Row]:
                         for k, v in row.items()}
                 made = to_row(part, line, where)
                 made.positions = positions[start:end] if positions is not None else None
+                made.sample = (s, len(bounds)) if len(bounds) > 1 else None
                 yield made
