@@ -48,6 +48,7 @@ class Places:
     def __init__(self, sources: Iterable[str | Path] = (), root: str | Path | None = None):
         self.root = Path(root).resolve() if root is not None else repository_root()
         self.sources = [Path(s) for s in sources]
+        self._modules: list[Path] | None = None
 
     def of_finding(self, finding: Finding) -> Place | None:
         """The finding's place; a data finding naming consecutive lines from its first
@@ -94,14 +95,16 @@ class Places:
             candidate = source / name if source.is_dir() else source
             if candidate.name == name and candidate.is_file():
                 matches.append(candidate.resolve())
-        if not matches:
+        if not matches and name.endswith(".py"):
             matches = [p for p in self._user_modules() if p.name == name]
         unique = sorted(set(matches))
         return unique[0] if len(unique) == 1 else None  # two files of that name: no guess
 
     def _user_modules(self) -> list[Path]:
         """The imported modules' files inside the repository, outside installed packages: the
-        user's own code that a SPEC file imported."""
+        user's own code that a SPEC file imported (looked up once)."""
+        if self._modules is not None:
+            return self._modules
         out = []
         for module in list(sys.modules.values()):
             file = getattr(module, "__file__", None)
@@ -110,6 +113,7 @@ class Places:
             path = Path(file).resolve()
             if path.is_relative_to(self.root) and not path.is_relative_to(_PACKAGE):
                 out.append(path)
+        self._modules = out
         return out
 
 

@@ -127,8 +127,10 @@ def test_merged_shards_give_the_annotations_and_sarif_of_one_run(cli, qwen3_toke
         part.write_text(_buggy(cli, qwen3_tokenizer_dir, "--shard", f"{i}/3", "--json").out)
         parts.append(part)
     one = _buggy(cli, qwen3_tokenizer_dir, "--format", "github")
-    merged = cli("merge", *parts, "--format", "github")
+    merged = cli("merge", *parts, "--format", "github", "--html", tmp_path / "merged.html")
     assert (merged.code, merged.out) == (one.code, one.out)
+    page = (tmp_path / "merged.html").read_text(encoding="utf-8")
+    assert "merged from 3 shards" in page and page.count('<figure class="tokenview">') == 3
     sarif = cli("merge", *parts, "--format", "sarif")
     log = json.loads(sarif.out)
     validate(log)
@@ -167,6 +169,13 @@ def test_only_files_are_places(tmp_path):
         (outside / "adapter_config.json").resolve().as_posix(), None, False)
     assert places.of("no_such_file.py:3") is None
     assert repository_root() == ROOT
+
+
+def test_a_file_the_users_code_imported_is_found_without_being_given():
+    from loradoctor.inputs import specs
+    specs.load_spec(f"{PIPELINES / 'minimind_lora.py'}:apply_lora")  # as a SPEC loads it
+    place = Places([]).of("minimind_lora.py:12")
+    assert (place.path, place.line) == ("fixtures/pipelines/minimind_lora.py", 12)
 
 
 def test_findings_without_a_file_are_annotations_and_results_without_one(tmp_path):
