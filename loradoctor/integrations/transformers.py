@@ -233,12 +233,17 @@ def first_batches(dataloader, n: int) -> list:
 def collator_inputs(dataloader) -> dict[str, Any]:
     """The dataloader's collator and the dataset it collates (`collator=`, `dataset=` beside
     the batches): a dataset read by index only, so a stream is never read twice."""
-    base = getattr(dataloader, "base_dataloader", None) or dataloader
+    from torch.utils.data import IterableDataset
+
+    base = getattr(dataloader, "base_dataloader", None)
+    base = dataloader if base is None else base  # not `or`: bool() would ask a stream its len
     collate = getattr(dataloader, "collate_fn", None) or getattr(base, "collate_fn", None)
     dataset = getattr(dataloader, "dataset", None)
     if dataset is None:
         dataset = getattr(base, "dataset", None)
-    if collate is None or not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+    indexed = hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__") \
+        and not isinstance(dataset, IterableDataset)
+    if collate is None or not indexed:
         return {}
     return {"collator": collate, "dataset": dataset}
 
