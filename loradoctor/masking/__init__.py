@@ -11,5 +11,7 @@
 - `markers`: marker token lists and marker-building source code found in the user's code.
 - `analysis`: the one pass the masking rules read; `workers` and `shares`: that pass in chunks
   or processes; `fuzz_search`: generated conversations through the user's code.
+- `collated`: the dataset's labels against what the collator makes of them; `packing`: the
+  samples of packed batch rows and the labels scored across their boundaries.
 - `wording`: measured counts in words (`3 of 10 samples ...: lines 3, 7, 9-12`).
 """
