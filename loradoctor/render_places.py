@@ -66,6 +66,24 @@ class Places:
             end = n
         return replace(place, end_line=end) if end > place.line else place
 
+    def fallback(self) -> Place | None:
+        """Where a finding without a file of its own (a model's module, a training step) is
+        anchored, since GitHub code scanning rejects a whole SARIF file when one result has no
+        file: the user's code the run was given (a SPEC's `.py`), else its data file, else a
+        model directory's `config.json`, else the repository's `pyproject.toml`."""
+        files = [s for s in self.sources if s.is_file()]
+        candidates = [*[f for f in files if f.suffix == ".py"], *files,
+                      *[s / "config.json" for s in self.sources if s.is_dir()],
+                      self.root / "pyproject.toml"]
+        for candidate in candidates:
+            if candidate.is_file():
+                found = candidate.resolve()
+                try:
+                    return Place(found.relative_to(self.root).as_posix(), 1)
+                except ValueError:
+                    return Place(found.as_posix(), 1, inside=False)
+        return None
+
     def of(self, location: str | None) -> Place | None:
         """The place a location names, or None when it is not an existing file."""
         if not location:

@@ -97,6 +97,7 @@ def result(finding: Finding, rule_index: int | None, places: Places) -> dict[str
                            "message": {"text": text}}
     if rule_index is not None:
         out["ruleIndex"] = rule_index
+    place = place or places.fallback()  # GitHub rejects the whole file for one without
     if place is not None:
         out["locations"] = [{"physicalLocation": physical_location(place)}]
     out["properties"] = {"name": finding.name, "location": finding.location,

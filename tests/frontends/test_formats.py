@@ -178,7 +178,7 @@ def test_a_file_the_users_code_imported_is_found_without_being_given():
     assert (place.path, place.line) == ("fixtures/pipelines/minimind_lora.py", 12)
 
 
-def test_findings_without_a_file_are_annotations_and_results_without_one(tmp_path):
+def test_findings_without_a_file_are_annotations_without_one_and_anchored_in_sarif(tmp_path):
     outside = tmp_path / "weights.safetensors"
     outside.write_bytes(b"")
     report = _report(
@@ -200,7 +200,11 @@ def test_findings_without_a_file_are_annotations_and_results_without_one(tmp_pat
     log = sarif_log(report, places, "0.0.0")
     validate(log)
     results = log["runs"][0]["results"]
-    assert ["locations" in r for r in results] == [False, False, False, True, True]
+    # GitHub code scanning rejects a whole SARIF file when one result has no file: a finding
+    # without one is anchored at the run's own file (here its data), its place kept in the text.
+    anchored = [r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+                for r in results[:3]]
+    assert anchored == ["fixtures/data/persona.jsonl"] * 3
     assert results[0]["message"]["text"].startswith("LD201 says so, 100% measured (at model.")
     assert results[0]["properties"]["location"] == "model.layers.0.self_attn.q_proj"
     assert [r["level"] for r in results[:3]] == ["error", "warning", "note"]
@@ -208,6 +212,12 @@ def test_findings_without_a_file_are_annotations_and_results_without_one(tmp_pat
         "uri": outside.resolve().as_uri()}
     assert results[4]["locations"][0]["physicalLocation"]["region"] == {"startLine": 3,
                                                                         "endLine": 4}
+
+
+def test_a_model_check_anchors_its_findings_at_the_users_apply_code():
+    places = Places([PIPELINES / "minimind_lora.py", ROOT / "fixtures" / "lora"])
+    assert places.fallback().path == "fixtures/pipelines/minimind_lora.py"
+    assert Places([]).fallback().path == "pyproject.toml"
 
 
 def test_a_workflow_commands_text_is_escaped():
