@@ -105,6 +105,17 @@ def _collated_notes(found) -> str:
     return f"; {'; '.join(notes)}" if notes else ""
 
 
+def _packed(ctx):
+    """The batches' packing, and the Outcome to return when no row is packed (a skip without
+    batches)."""
+    if getattr(ctx, "batches_given", None) is None:
+        raise SkipCheck("reads packed batches (a trainer's batches, batches=...)")
+    found = packing(ctx)
+    if found.rows:
+        return found, None
+    return found, Outcome(summary=f"no packed row in {len(ctx.batches_given)} batches")
+
+
 @rule("LD119", "packed-label-crosses-samples", command="dataset", severity=Severity.WARNING,
       needs_tokenizer=False)
 def packed_label_crosses_samples(ctx) -> Outcome:
@@ -135,11 +146,9 @@ def packed_label_crosses_samples(ctx) -> Outcome:
     collator = DataCollatorWithFlattening()   # labels[0] of every sample is -100
     ```
     """
-    if getattr(ctx, "batches_given", None) is None:
-        raise SkipCheck("reads packed batches (a trainer's batches, batches=...)")
-    found = packing(ctx)
-    if not found.rows:
-        return Outcome(summary=f"no packed row in {len(ctx.batches_given)} batches")
+    found, unpacked = _packed(ctx)
+    if unpacked is not None:
+        return unpacked
     if not found.crossing:
         return Outcome(summary=f"{found.samples} samples in {len(found.rows)} packed rows; "
                                f"no {found.scored_at} label is scored across a boundary")
@@ -194,11 +203,9 @@ def packed_samples_attend_across(ctx) -> Outcome:
     # the Trainer calls the model with use_cache=False (TrainingArguments' default)
     ```
     """
-    if getattr(ctx, "batches_given", None) is None:
-        raise SkipCheck("reads packed batches (a trainer's batches, batches=...)")
-    found = packing(ctx)
-    if not found.rows:
-        return Outcome(summary=f"no packed row in {len(ctx.batches_given)} batches")
+    found, unpacked = _packed(ctx)
+    if unpacked is not None:
+        return unpacked
     if not getattr(ctx, "has_model", False):
         raise SkipCheck("needs the model to measure whether attention keeps packed samples "
                         "apart (--model, or the callback's model)")
