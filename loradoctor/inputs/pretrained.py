@@ -131,22 +131,24 @@ def import_bitsandbytes():
     """The `bitsandbytes` module, imported once, or an InputError saying how to install it.
 
     On a CPU with AVX512-BF16 its import looks for an optional kernel on the Hugging Face hub
-    and logs a warning when it cannot fetch it (always, offline); bitsandbytes then uses its
-    own kernel, so the warning is kept out of the report.
+    (through the `kernels` package) and logs warnings when it cannot fetch it (always,
+    offline); bitsandbytes then uses its own kernel, so the warnings are kept out of the report.
     """
     import importlib
     import logging
 
-    quiet = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
+    quiet = [logging.getLogger(name) for name in ("bitsandbytes.backends.cpu.ops", "kernels")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.ERROR)
     try:
         return importlib.import_module("bitsandbytes")
     except ImportError as exc:
         raise InputError("--quantize needs bitsandbytes: pip install 'loradoctor[qlora]' "
                          f"({one_line(exc)})") from exc
     finally:
-        quiet.setLevel(level)
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
 
 
 def own_class_hint(d: Path) -> str:
