@@ -12,7 +12,8 @@ from ..findings import Severity
 from ..masking.analysis import Analysis, analysis
 from ..masking.markers import none_attributes, none_marker
 from ..masking.template import SPECIAL_VARS
-from ..masking.wording import agree, counted, line_list, plural, tally, turns_missed
+from ..masking.wording import (agree, counted, line_list, plural, rewrite_kind, tally,
+                                think_block_left_out, turns_missed)
 from ..rules import Outcome, SkipCheck, rule
 
 TEMPLATE_FIX = ("find assistant spans from the chat template (its rendered text and offsets, or "
@@ -136,7 +137,9 @@ def prompt_tokens_supervised(ctx) -> Outcome:
     tokens that belong to system or user turns, to template text (role headers such as
     `<|im_start|>assistant\\n`, the preamble) or to padding. A supervised separator right after
     the end-of-turn token (the `\\n` after `<|im_end|>`, as MiniMind's code does) is harmless
-    and only reported as an info.
+    and only reported as an info. The empty think block a template writes into a reply on its
+    own (Qwen3's last turn, every turn of MiniMind's template) is not prompt: supervising it is
+    a legitimate choice (LD104 says when it is left out).
 
     ## Why is this bad?
     Supervised fine-tuning is meant to teach the replies. Training on the prompt spends the
@@ -187,7 +190,10 @@ def assistant_tokens_unsupervised(ctx) -> Outcome:
     ## What it does
     Counts assistant body tokens (what the template renders inside an assistant turn) that
     your labels leave at -100, in samples that do supervise something (samples with nothing
-    supervised are LD101's). Tells whole missed turns from partly missed ones and tails.
+    supervised are LD101's). Tells whole missed turns from partly missed ones and tails. The
+    empty `<think>\\n\\n</think>\\n\\n` a template writes into a reply on its own is not counted
+    when it is left out (at inference the generation prompt or the model writes it, so both
+    choices are right); the summary says it was left out.
 
     ## Why is this bad?
     The model is silently trained on part of each reply: only the last turn of multi-turn
@@ -223,10 +229,11 @@ def assistant_tokens_unsupervised(ctx) -> Outcome:
             whole_turns=c.missing_turns, partial_turns=c.partial_turns))
     # Only the compared samples count here: no_supervised also holds samples whose ids differ.
     with_labels = c.compared_supervising
-    return Outcome(findings, views=a.views_for("LD104"),
-                   summary=f"{c.assistant_tokens - c.missing_tokens} of {c.assistant_tokens} "
-                           f"assistant tokens supervised in the {with_labels} samples that "
-                           f"supervise anything")
+    summary = (f"{c.assistant_tokens - c.missing_tokens} of {c.assistant_tokens} assistant "
+               f"tokens supervised in the {with_labels} samples that supervise anything")
+    if c.inserted_unsupervised:  # a choice, not a miss: said, not counted
+        summary += think_block_left_out(c.inserted_unsupervised.count, a.facts.inserted)
+    return Outcome(findings, views=a.views_for("LD104"), summary=summary)
 
 
 @rule("LD105", "end-of-turn-unsupervised", command="dataset", severity=Severity.ERROR)
@@ -277,7 +284,7 @@ def end_of_turn_unsupervised(ctx) -> Outcome:
                                f"tokens ({eot!r}) supervised in the samples that supervise "
                                f"anything")
     s = a.stats
-    if eot is None:
+    if eot is None and f.assistant_header is not None:  # else LD112 says it cannot render
         findings.append(rule_.finding(
             "the chat template writes no end-of-turn token after an assistant reply, so no "
             "label can teach the model to stop", severity=Severity.WARNING,
@@ -767,7 +774,9 @@ def template_rewrites_history(ctx) -> Outcome:
     `<think>` block to the last assistant turn and drops `<think>` blocks from earlier ones;
     Llama-3 trims whitespace) and counts the conversations whose replies are affected. Where
     the template has `{% generation %}` blocks, reports (warning) conversations where those
-    blocks disagree with the replies found in the rendered text.
+    blocks disagree with the replies found in the rendered text. Also counts conversations with
+    a system or user message the template does not write at all (Mistral v3 writes the system
+    message only when a user turn ends the conversation, so never in training data).
 
     ## Why is this bad?
     It is not a bug in itself: supervision follows the full conversation's rendering. But code
@@ -794,12 +803,17 @@ def template_rewrites_history(ctx) -> Outcome:
     rule_ = template_rewrites_history
     findings = []
     if s.rewritten:
-        how = "drops <think> reasoning from earlier assistant turns" if f.drops_reasoning \
-            else "reformats them (trims or moves text)"
         findings.append(a.finding(rule_, s.rewritten, counted(
             s.rewritten, "conversation", f" {agree(s.rewritten.count, 'has', 'have')} assistant "
-            f"replies the template does not render verbatim (it {how}); their labels follow the "
-            f"rendered text"), drops_reasoning=f.drops_reasoning))
+            f"replies the template does not render verbatim (it {rewrite_kind(f)}); their labels "
+            f"follow the rendered text"), drops_reasoning=f.drops_reasoning))
+    if s.dropped:
+        roles = "system" if f.system_error else "system or user"
+        findings.append(a.finding(rule_, s.dropped, counted(
+            s.dropped, "conversation", f" {agree(s.dropped.count, 'has', 'have')} a {roles} "
+            f"message the template does not write at all, so training never sees it"),
+            fix="merge the system message into the first user turn if the model should learn "
+                "with it"))
     if s.generation_mismatch:
         findings.append(a.finding(rule_, s.generation_mismatch, counted(
             s.generation_mismatch, "conversation", f" the template's generation blocks disagree "

@@ -59,6 +59,9 @@ class Comparison:
     missing_tokens: int = 0
     assistant_tokens: int = 0  # in samples that supervise something (LD101's are apart)
     eot_unsupervised: Lines = field(default_factory=Lines)
+    # Samples that leave out the empty think block the template writes on its own (Qwen3's
+    # last turn, MiniMind's every turn): supervised or not, both are right; said, not flagged.
+    inserted_unsupervised: Lines = field(default_factory=Lines)
     eot_as_pad: Lines = field(default_factory=Lines)
     eot_total: int = 0
     eot_missing: int = 0
@@ -272,6 +275,8 @@ class Comparer:
             if diff.straddle_missing:
                 res.straddle_missing.add(line)
             self._view("LD104", diff)
+        if supervised and diff.inserted_supervised < diff.inserted_total:
+            res.inserted_unsupervised.add(line)
         if supervised:
             res.eot_total += diff.eot_total
             res.eot_missing += diff.eot_missing

@@ -4,7 +4,9 @@ Supervised: every assistant turn's body as the template renders it in the full c
 (the content, plus whatever the template puts inside the turn, such as the empty
 `<think>\\n\\n</think>\\n\\n` block Qwen3 adds to the last assistant turn) and the end-of-turn
 token that closes it. Not supervised: system and user turns, the role header
-(`<|im_start|>assistant\\n`), the separator after the end-of-turn token, the preamble.
+(`<|im_start|>assistant\\n`), the separator after the end-of-turn token, the preamble. Either
+way: that empty think block (`OracleSample.optional`), which at inference the generation prompt
+or the model writes, so a labeller may leave it out.
 
 How the bodies are found, per conversation:
 
@@ -42,6 +44,7 @@ class Turn:
     end: int  # one past the end-of-turn token (or the body's end when the template has none)
     eot_start: int | None = None  # where the end-of-turn token starts
     content: tuple[int, int] | None = None  # where the content sits, when rendered verbatim
+    inserted: tuple[int, int] | None = None  # the template's own empty think block, if any
 
 
 @dataclass
@@ -54,6 +57,7 @@ class Truth:
     method: str = "verbatim"  # verbatim | prefix | generation
     unlocated: list[int] = field(default_factory=list)  # assistant messages not found
     rewritten: list[int] = field(default_factory=list)  # assistant contents not verbatim
+    dropped: list[int] = field(default_factory=list)  # other messages the text lacks entirely
     generation_mismatch: str | None = None
     error: str | None = None  # the template could not render the conversation
     n_assistant: int = 0
@@ -69,6 +73,9 @@ class OracleSample:
     ranges: list[tuple[int, int]]
     straddles: list[int]  # turns whose first supervised token starts inside the header
     eot_ok: list[bool]  # turn k's last supervised token is the end-of-turn token
+    # Token ranges of text the template writes into a turn on its own (Qwen3's empty think
+    # block): inside `ranges`, but a labeller may supervise them or not.
+    optional: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def n_tokens(self) -> int:
@@ -105,9 +112,14 @@ class Oracle:
         truth = locate_verbatim(text, messages, self.facts)
         if truth is None:
             truth = locate_by_prefixes(text, messages, self.facts, self.renderer)
+            # Mistral v3 writes the system message only into a conversation's last user turn
+            # when that turn ends the conversation: in training data it is gone.
+            truth.dropped = [k for k, m in enumerate(messages) if m["role"] != "assistant"
+                             and m["content"].strip() and m["content"].strip() not in text]
         truth.n_assistant = n_assistant
         if gen is not None:
             apply_generation(truth, gen, self.facts)
+        mark_inserted(truth, self.facts)
         return truth
 
     # --- tokens ----------------------------------------------------------------------
@@ -160,7 +172,12 @@ class Oracle:
             eot_ok.append(t1 > t0 and turn.eot_start is not None
                           and (ids[t1 - 1] == eot_id if eot_id is not None
                                else starts[t1 - 1] >= turn.eot_start))
-        return OracleSample(truth, ids, offsets, ranges, straddles, eot_ok)
+        optional = []
+        for turn in truth.turns:
+            if turn.inserted is not None:  # the tokens wholly inside the block
+                s, e = turn.inserted
+                optional.append((bisect_left(starts, s), bisect_right(ends, e)))
+        return OracleSample(truth, ids, offsets, ranges, straddles, eot_ok, optional)
 
 
 # --- locating the assistant bodies ---------------------------------------------------
@@ -272,6 +289,17 @@ def _turn_bounds(text: str, messages: list[dict], i: int, renderer: Renderer):
             yield len(alone)
     except Exception:  # noqa: BLE001
         pass
+
+
+def mark_inserted(truth: Truth, facts: TemplateFacts) -> None:
+    """Note in each turn where the template's own empty think block sits, when it opens the
+    turn's body (Qwen3 writes it into the last turn only, MiniMind's template into all)."""
+    block = facts.inserted
+    if not block:
+        return
+    for turn in truth.turns:
+        if truth.text.startswith(block, turn.start) and turn.start + len(block) <= turn.end:
+            turn.inserted = (turn.start, turn.start + len(block))
 
 
 def apply_generation(truth: Truth, spans: list[tuple[int, int]], facts: TemplateFacts) -> None:

@@ -51,6 +51,8 @@ class SampleDiff:
     straddle_missing: int = 0  # missing turns whose header merges with the reply's first token
     marker_miss: dict[str, tuple[int, int]] = field(default_factory=dict)  # marker -> counts
     focus: int | None = None  # user position of the first disagreement
+    inserted_total: int = 0  # tokens of the template's own empty think block (either way right)
+    inserted_supervised: int = 0  # of those, the ones the labels supervise
     cut_in_turn: bool = False  # judged by its own tokens, the row ends inside an assistant turn
 
 
@@ -78,9 +80,10 @@ class SampleJudge:
             diff.focus = real[end] if end < len(real) else None
             return None
         truth = sample.mask()
-        first = self._count_supervised_outside(diff, M, truth, sample, al)
+        optional = {o for a, b in sample.optional for o in range(a, b)}
+        first = self._count_supervised_outside(diff, M, truth, sample, al, optional)
         for k in range(len(sample.ranges)):
-            self._judge_turn(diff, k, M, sample, al)
+            self._judge_turn(diff, k, M, sample, al, optional)
         diff.focus = real[al.user + first] if first is not None else None
         oracle_mask = [False] * len(ids)
         for j in range(al.n):
@@ -126,25 +129,28 @@ class SampleJudge:
         diff.differ = note
 
     def _count_supervised_outside(self, diff: SampleDiff, M: list[bool], truth: list[bool],
-                                  sample: OracleSample, al: Alignment) -> int | None:
+                                  sample: OracleSample, al: Alignment,
+                                  optional: set[int]) -> int | None:
         """Count the supervised tokens the template does not supervise, by what they are;
-        return the first aligned position where the labels and the truth part."""
+        return the first aligned position where the labels and the truth part (the
+        template's own think block, `optional`, may go either way)."""
         kinds = TokenKinds(sample, self.facts)
         first = None
         for j in range(al.n):
             u_sup, o_sup = M[al.user + j], truth[al.oracle + j]
             if u_sup and not o_sup:
                 diff.extra[kinds.of(al.oracle + j)] += 1
-            if u_sup != o_sup and first is None:
+            if u_sup != o_sup and first is None and al.oracle + j not in optional:
                 first = j
         if diff.extra and first is None:
             first = 0
         return first
 
     def _judge_turn(self, diff: SampleDiff, k: int, M: list[bool], sample: OracleSample,
-                    al: Alignment) -> None:
+                    al: Alignment, optional: set[int]) -> None:
         """Assistant turn k: its body and end-of-turn tokens the labels leave out (whole, in
-        part, a tail) or truncation cut away."""
+        part, a tail) or truncation cut away. The template's own think block (`optional`)
+        is counted apart: left out, it is not an assistant token missed."""
         t0, t1 = sample.ranges[k]
         us, os_, n, pad = al.user, al.oracle, al.n, self.pad_id
         eot = t1 - 1 if sample.eot_ok[k] else None
@@ -157,6 +163,13 @@ class SampleJudge:
                 continue
             if o >= os_ + n:
                 diff.cut += 1
+                continue
+            if o in optional:
+                diff.inserted_total += 1
+                if M[us + o - os_]:
+                    diff.inserted_supervised += 1
+                else:
+                    diff.assistant_total -= 1
                 continue
             seen += 1
             if M[us + o - os_]:

@@ -65,6 +65,7 @@ class DataStats:
     no_assistant: Lines = field(default_factory=Lines)  # nothing to supervise at all
     unlocated: Lines = field(default_factory=Lines)  # an assistant turn the oracle cannot find
     rewritten: Lines = field(default_factory=Lines)  # assistant content not rendered verbatim
+    dropped: Lines = field(default_factory=Lines)  # a system or user message not rendered at all
     generation_mismatch: Lines = field(default_factory=Lines)
     first_mismatch: str | None = None
     eot_missing: Lines = field(default_factory=Lines)  # a turn not closed by end-of-turn
@@ -96,6 +97,7 @@ class DataStats:
         self.turns += len(sample.ranges)
         self.unlocated.add_if(truth.unlocated, line)
         self.rewritten.add_if(truth.rewritten, line)
+        self.dropped.add_if(truth.dropped, line)
         if truth.generation_mismatch:
             self.generation_mismatch.add(line)
             self.first_mismatch = self.first_mismatch or truth.generation_mismatch
@@ -122,7 +124,7 @@ class DataStats:
             if key not in self.render_errors and len(self.render_errors) >= MAX_ERRORS:
                 key = "other errors"
             self.render_errors.setdefault(key, Lines()).merge(lines)
-        for name in ("no_assistant", "unlocated", "rewritten", "generation_mismatch",
+        for name in ("no_assistant", "unlocated", "rewritten", "dropped", "generation_mismatch",
                      "eot_missing", "straddle", "cut_all", "cut_part"):
             getattr(self, name).merge(getattr(other, name))
         self.first_mismatch = self.first_mismatch or other.first_mismatch

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .oracle import Oracle, OracleSample, Truth, Turn
+from .oracle import Oracle, OracleSample, Truth, Turn, mark_inserted
 from .template import PROBE_SYSTEM, PROBE_USER, message
 
 NO_STRUCTURE = "no assistant turn the chat template's structure explains (its assistant header " \
@@ -82,6 +82,7 @@ class StructureOracle:
             k += 1
         truth.n_assistant = len(truth.turns)
         truth.regions = self._regions(text, truth.turns)
+        mark_inserted(truth, f)
         return truth
 
     def _regions(self, text: str, turns: list[Turn]) -> list[tuple[int, int, str]]:

@@ -1,18 +1,23 @@
 """What a chat template looks like, learned once per tokenizer by rendering probe conversations.
 
 Nothing here comes from a table of model families: the assistant header is what the template
-writes for `add_generation_prompt=True`, the end-of-turn token is the first added token the
+writes for `add_generation_prompt=True` (or, for a template without a generation prompt such as
+Mistral's, what a rendered reply follows), the end-of-turn token is the first added token the
 template writes after an assistant reply, the preamble is what it writes before the first user
-turn when there is no system message, and so on. Every probe uses plain sentinel contents, so a
-template that inspects content (Qwen3 looks for `</think>`) sees nothing special.
+turn when there is no system message, an empty think block it writes into replies on its own
+is told apart from the header, and so on. Every probe uses plain sentinel contents (but the one
+that asks where reasoning goes), so a template that inspects content (Qwen3 looks for
+`</think>`) sees nothing special.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from ..text import one_line
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..text import one_line
 
 PROBE_SYSTEM = "loradoctor system probe"
 PROBE_USER = "loradoctor user probe"
@@ -75,6 +80,8 @@ class TemplateFacts:
     """The template's structure, as measured on probe conversations."""
 
     assistant_header: str | None = None  # "<|im_start|>assistant\n"
+    generation_prompt: str = ""  # what add_generation_prompt appends ("" for Mistral's)
+    inserted: str = ""  # an empty reasoning block the template writes into turns on its own
     end_of_turn: str | None = None  # "<|im_end|>" / "<|eot_id|>": closes every assistant turn
     end_of_turn_id: int | None = None
     separator: str = ""  # template text right after the end-of-turn token ("\n" in ChatML)
@@ -93,6 +100,7 @@ class TemplateFacts:
     has_generation: bool = False
     rewrites_history: str | None = None  # how, when earlier turns render differently
     drops_reasoning: bool = False  # <think> blocks of earlier assistant turns are dropped
+    drops_final_reasoning: bool = False  # and the last turn's too (DeepSeek-R1)
     system_error: str | None = None  # the template refuses a system message
     alternation_error: str | None = None  # the template refuses two user turns in a row
     missing_vars: list[str] = field(default_factory=list)  # read by the template, None here
@@ -138,9 +146,10 @@ def learn(tokenizer, renderer: Renderer | None = None) -> TemplateFacts:
     except Exception as exc:  # noqa: BLE001 - a template that cannot render is a finding
         f.problems.append(f"the template cannot render [user, assistant]: {one_line(exc)}")
         return f
-    _learn_assistant_header(f, user_text, gen_text, pair_text)
+    _learn_assistant_header(f, tokenizer, user_text, gen_text, pair_text)
+    _learn_inserted(f, r, tokenizer, pair_text)
     _learn_end_of_turn(f, tokenizer, pair_text)
-    _learn_later_turns(f, r, pair, pair_text, user_text)
+    _learn_later_turns(f, r, tokenizer, pair, pair_text, user_text)
     _learn_refusals(f, r, tokenizer, pair)
     f.emits_bos = bool(f.bos_token) and pair_text.startswith(f.bos_token)
     with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
@@ -154,19 +163,89 @@ def learn(tokenizer, renderer: Renderer | None = None) -> TemplateFacts:
     return f
 
 
-def _learn_assistant_header(f: TemplateFacts, user_text: str, gen_text: str,
+def _learn_assistant_header(f: TemplateFacts, tokenizer, user_text: str, gen_text: str,
                             pair_text: str) -> None:
-    """What add_generation_prompt appends, else what precedes the reply."""
-    if gen_text.startswith(user_text) and len(gen_text) > len(user_text):
-        f.assistant_header = gen_text[len(user_text):]
-    elif pair_text.startswith(user_text) and PROBE_ASSISTANT in pair_text:
-        f.assistant_header = pair_text[len(user_text):pair_text.index(PROBE_ASSISTANT)]
-        f.problems.append("add_generation_prompt adds nothing; the assistant header was taken "
-                          "from a rendered reply")
-    if f.assistant_header is not None and f.assistant_header not in pair_text:
-        f.problems.append(f"the generation prompt {f.assistant_header!r} does not occur in a "
-                          f"rendered conversation")
+    """The text before an assistant reply that is no part of it.
+
+    `before` is what a rendered reply follows once the user's turn has been written. Where
+    the generation prompt is (the start of) it, that is the header, and the rest of `before`
+    is text the template writes into the turn itself (Qwen3's empty think block). Otherwise
+    (DeepSeek-R1's generation prompt runs on into `<think>\\n`) the header is `before`.
+    Templates without a generation prompt (Mistral's: the reply follows `[/INST]`) and those
+    whose user turn already ends with the header get the text from the end of the user's
+    content to the reply: a header must be something to find.
+    """
+    if PROBE_ASSISTANT not in pair_text:
+        return
+    reply_at = pair_text.index(PROBE_ASSISTANT)
+    before = pair_text[_shared_start(tokenizer, user_text, pair_text[:reply_at]):reply_at]
+    f.generation_prompt = gen_text[_shared_start(tokenizer, user_text, gen_text):]
+    gen = f.generation_prompt
+    if gen and before.startswith(gen):
+        f.assistant_header = gen
+    elif before.strip():
+        f.assistant_header = before
+    elif PROBE_USER in pair_text[:reply_at]:
+        f.assistant_header = pair_text[pair_text.index(PROBE_USER) + len(PROBE_USER):reply_at]
+    if f.assistant_header is not None and not f.assistant_header.strip():
         f.assistant_header = None
+
+
+def _learn_inserted(f: TemplateFacts, r: Renderer, tokenizer, pair_text: str) -> None:
+    """An empty reasoning block the template writes into an assistant turn on its own.
+
+    Qwen3 writes `<think>\\n\\n</think>\\n\\n` before the last reply; MiniMind's template
+    before every reply and in its generation prompt. It is the block a reply's reasoning
+    would sit in, with no reasoning: rendering a reply that has some (`<think>\\nR\\n</think>`)
+    gives the same text with R inside. At inference the generation prompt or the model writes
+    it, so a labeller may supervise it or not. Where the block sits at the end of the header
+    (MiniMind's), the header is cut before the block's first added token.
+    """
+    header = f.assistant_header
+    if not header or PROBE_ASSISTANT not in pair_text:
+        return
+    reasoned = [message("user", PROBE_USER),
+                message("assistant", f"<think>\n{PROBE_REASONING}\n</think>\n\n{PROBE_ASSISTANT}")]
+    try:
+        with_reasoning = r.text(reasoned)
+    except Exception:  # noqa: BLE001 - only a description; rendering errors show per record
+        return
+    if PROBE_REASONING not in with_reasoning:
+        f.drops_final_reasoning = True  # DeepSeek-R1 keeps no reasoning, even in the last turn
+        return
+    reply_at = pair_text.index(PROBE_ASSISTANT)
+    at = pair_text.rfind(header, 0, reply_at)
+    if at < 0:
+        return
+    turn = pair_text[at:reply_at]  # the header and whatever precedes the reply
+    opened = with_reasoning[at:with_reasoning.index(PROBE_REASONING)]
+    closed = with_reasoning[with_reasoning.index(PROBE_REASONING) + len(PROBE_REASONING):
+                            with_reasoning.index(PROBE_ASSISTANT)]
+    if with_reasoning[:at] != pair_text[:at] or opened + closed != turn:
+        return  # the reasoning is not in a block the plain reply renders empty
+    cut = len(header)
+    if cut > len(opened):  # the block opens inside what was taken for the header
+        cut = _last_added_token_start(tokenizer, opened)
+    if 0 < cut < len(turn) and opened.startswith(turn[:cut]):
+        f.assistant_header, f.inserted = turn[:cut], turn[cut:]
+
+
+def _shared_start(tokenizer, a: str, b: str) -> int:
+    """Where `b` stops agreeing with `a`, backed off to the start of the token of `b` the
+    difference falls in (Phi-3.5's `<|endoftext|>` and `<|assistant|>` share `<|`)."""
+    common = len(os.path.commonprefix([a, b]))
+    if common == len(b):
+        return common
+    offsets = tokenizer(b, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return max([end for _, end in offsets if end <= common], default=0)
+
+
+def _last_added_token_start(tokenizer, text: str) -> int:
+    """Where the last added token of `text` starts (0 when it holds none after its start)."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    special = _special_ids(tokenizer)
+    starts = [a for i, (a, _) in zip(enc["input_ids"], enc["offset_mapping"]) if i in special]
+    return starts[-1] if starts else 0
 
 
 def _learn_end_of_turn(f: TemplateFacts, tokenizer, pair_text: str) -> None:
@@ -182,21 +261,27 @@ def _learn_end_of_turn(f: TemplateFacts, tokenizer, pair_text: str) -> None:
         tokenizer, pair_text[pair_text.index(PROBE_USER) + len(PROBE_USER):])[0] or ""
 
 
-def _learn_later_turns(f: TemplateFacts, r: Renderer, pair: list[dict], pair_text: str,
-                       user_text: str) -> None:
+def _learn_later_turns(f: TemplateFacts, r: Renderer, tokenizer, pair: list[dict],
+                       pair_text: str, user_text: str) -> None:
     """With a second exchange after the first: whether earlier turns render differently (and
     drop reasoning), the user header, and the preamble before the first user turn."""
     four = pair + [message("user", PROBE_USER_2), message("assistant", PROBE_ASSISTANT_2)]
     try:
         four_text = r.text(four)
-        if not four_text.startswith(pair_text):
+        # The first turn up to its end-of-turn token: what follows it in `pair_text` may be
+        # text the template writes only at the very end (Phi-3.5's eos).
+        first = pair_text[:pair_text.index(PROBE_ASSISTANT) + len(PROBE_ASSISTANT)
+                          + len(f.end_of_turn or "")] if PROBE_ASSISTANT in pair_text else pair_text
+        if not four_text.startswith(first):
             f.rewrites_history = ("an assistant turn renders differently once a later user turn "
                                   "follows, so supervision follows the full conversation's "
                                   "rendering")
         a_end = four_text.index(PROBE_ASSISTANT) + len(PROBE_ASSISTANT) \
-            + len(f.end_of_turn or "") + len(f.separator)
+            + len(f.end_of_turn or "")
         if PROBE_USER_2 in four_text:
-            f.user_header = four_text[a_end:four_text.index(PROBE_USER_2)]
+            gap = four_text[a_end:four_text.index(PROBE_USER_2)]
+            f.separator = gap[:_shared_start(tokenizer, f.separator, gap)]
+            f.user_header = gap[len(f.separator):]
     except Exception as exc:  # noqa: BLE001
         f.problems.append(f"the template cannot render a two-turn conversation: {one_line(exc)}")
     prefix = user_text[:user_text.index(PROBE_USER)] if PROBE_USER in user_text else ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from .scan import Lines
+from .template import TemplateFacts
 
 LINES_IN_MESSAGE = 6  # runs of line numbers spelled out in a message; evidence holds up to 1000
 
@@ -69,3 +70,20 @@ def tally(counts: Mapping[str, int]) -> str:
 def quote(text: str, limit: int = 60) -> str:
     """`text` quoted (its repr), cut after `limit` characters with `...`."""
     return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def rewrite_kind(facts: TemplateFacts) -> str:
+    """How the template rewrites the replies it does not render verbatim (LD114)."""
+    if not facts.drops_reasoning:
+        return "reformats them (trims or moves text)"
+    which = "every assistant turn, the last one too" if facts.drops_final_reasoning \
+        else "earlier assistant turns"
+    return f"drops <think> reasoning from {which}"
+
+
+def think_block_left_out(samples: int, block: str) -> str:
+    """What LD104 adds when labels leave out the empty think block the template writes into a
+    turn on its own: a choice, not a miss."""
+    return (f"; the empty think block the template writes on its own ({block!r}) is left "
+            f"unsupervised in {plural(samples, 'sample')}, which is right too: at inference "
+            f"the generation prompt or the model writes it")
