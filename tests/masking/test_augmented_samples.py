@@ -6,6 +6,10 @@ per index), as MiniMind's SFT loader does. Most samples' ids then differ from th
 rendering of their record (LD110 says so), and their labels are judged against the turns of
 their own tokens: a masking bug must be caught on those samples as on the others, and correct
 labels must pass. LD110's summary says how many samples were checked each way.
+
+The same runs on MiniMind's own tokenizer (6,400 tokens, where `assistant` is three tokens)
+and its template, which writes the empty think block into every reply and into its generation
+prompt: the samples that lost the block are split into turns like the others.
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ import json
 
 import pytest
 
-from ..conftest import DATA, PIPELINES
+from ..conftest import DATA, MASKING, PIPELINES, ROOT
 
 pytestmark = pytest.mark.usefixtures('load_each_tokenizer_once')
 
 PERSONA = DATA / "persona.jsonl"
 AUGMENTED = PIPELINES / "minimind_augmented.py"
+FAMILIES = MASKING / "families.jsonl"  # 40 conversations, 10 with a system message
+MINIMIND = ROOT / "fixtures" / "tokenizers" / "minimind"
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +97,49 @@ def test_a_masking_bug_is_caught_on_the_augmented_samples_too(cli, qwen3_tokeniz
                                        "labelled -100 in 24 samples")
     augmented = set(range(1, 25)) - set(rendered_as_is)
     assert augmented <= set(ld105["evidence"]["lines"])
+
+
+@pytest.fixture(scope="module")
+def minimind_as_is() -> list[int]:
+    """Lines whose MiniMind-tokenized sample is the template's rendering of the record, counted
+    independently of loradoctor."""
+    from transformers import AutoTokenizer
+
+    from loradoctor.inputs.specs import load_spec
+    tokenizer = AutoTokenizer.from_pretrained(MINIMIND)
+    dataset = load_spec(f"{AUGMENTED}:AugmentedSFT")(tokenizer, str(FAMILIES), max_length=512)
+    lines = []
+    for i, line in enumerate(FAMILIES.read_text(encoding="utf-8").splitlines()):
+        expected = tokenizer.apply_chat_template(json.loads(line)["messages"],
+                                                 tokenize=True)["input_ids"]
+        if [t for t in dataset[i][0].tolist() if t != tokenizer.pad_token_id] == expected:
+            lines.append(i + 1)
+    return lines
+
+
+def run_minimind(cli, name):
+    result = cli("check-dataset", FAMILIES, "--tokenizer", MINIMIND, "--dataset",
+                 f"{AUGMENTED}:{name}", "--max-length", 512, "--json")
+    data = json.loads(result.out)
+    assert not [c for c in data["checks"] if c["status"] == "crash"], data["findings"]
+    return result.code, data
+
+
+def test_minimind_tokenizer_checks_every_augmented_sample_against_its_turns(cli, minimind_as_is):
+    code, data = run_minimind(cli, "AugmentedSFT")
+    found = {f["code"] for f in data["findings"] if f["severity"] != "info"}
+    assert code == 0 and found == {"LD110"}  # no LD103: the think block it keeps is its choice
+    n_same = len(minimind_as_is)
+    assert 0 < n_same < 10
+    summary = next(c["summary"] for c in data["checks"] if c["code"] == "LD110")
+    assert summary == (f"{n_same} of 40 samples match the template's ids; {40 - n_same} that "
+                       f"differ had their labels checked against their own tokens' turns")
+    masking = data["summary"]["masking"]
+    assert masking["samples_compared"] == 40 and masking["samples_by_own_tokens"] == 40 - n_same
+
+
+def test_minimind_tokenizer_catches_a_masking_bug_on_every_augmented_sample(cli):
+    code, data = run_minimind(cli, "AugmentedSFTEndMasked")
+    ld105 = next(f for f in data["findings"] if f["code"] == "LD105")
+    assert code == 1 and ld105["evidence"]["lines"] == list(range(1, 41))
+    assert ld105["evidence"]["missing"] == ld105["evidence"]["total"] == 60
