@@ -49,7 +49,10 @@ TABLE = {
     "minimind": {"HeaderSupervised": {"LD103"}, "EndUnsupervised": {"LD105"},
                  "CorrectWithThink": set()},
 }
-CASES = [(family, labeller, expected) for family, bugs in TABLE.items()
+# The correct labeller of every family runs day to day; the bugs (50 more runs) are `slow`.
+CASES = [pytest.param(family, labeller, expected, id=f"{family}-{labeller}",
+                      marks=[pytest.mark.slow] if labeller != "Correct" else [])
+         for family, bugs in TABLE.items()
          for labeller, expected in [("Correct", set()), *bugs.items()]]
 
 
@@ -81,8 +84,7 @@ def summary(report, code) -> str:
     return next(c["summary"] for c in report["checks"] if c["code"] == code)
 
 
-@pytest.mark.parametrize("family, labeller, expected", CASES,
-                         ids=[f"{f}-{lab}" for f, lab, _ in CASES])
+@pytest.mark.parametrize("family, labeller, expected", CASES)
 def test_correct_labels_are_clean_and_each_bug_is_caught_at_its_rule(
         cli, family_dirs, family, labeller, expected):
     code, report = check(cli, family_dirs[family], labeller=labeller)
