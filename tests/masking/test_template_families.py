@@ -198,3 +198,26 @@ def test_hermes_tool_use_template_needs_tools(cli, family_dirs):
     code, report = check(cli, family_dirs["hermes2pro_tool_use"])
     assert code == 1 and flagged(report) == {"LD112"}
     assert any("'NoneType' object is not iterable" in f["message"] for f in report["findings"])
+
+
+def test_prepared_token_rows_may_leave_the_think_block_out(cli, family_dirs, tmp_path):
+    """`check-dataset --tokenized` on rows prepared the way Axolotl prepares them (the empty
+    think block at -100): split into turns by the template's structure, and clean."""
+    import importlib.util
+
+    from transformers import AutoTokenizer
+    spec = importlib.util.spec_from_file_location("family_labellers", LABELLERS)
+    labellers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(labellers)
+    for family in ("qwen3", "minimind"):
+        dataset = labellers.Correct(AutoTokenizer.from_pretrained(family_dirs[family]), DATA)
+        rows = tmp_path / f"{family}.jsonl"
+        rows.write_text("".join(json.dumps(dict(zip(("input_ids", "labels"), dataset[i])))
+                                + "\n" for i in range(len(dataset))))
+        result = cli("check-dataset", rows, "--tokenized", "--tokenizer", family_dirs[family],
+                     "--json")
+        report = json.loads(result.out)
+        assert result.code == 0 and flagged(report) == set(), report["findings"]
+        assert summary(report, "LD110") == "40 of 40 rows split into turns by the template's " \
+                                           "structure"
+        assert "is left unsupervised in 40 samples" in summary(report, "LD104")
