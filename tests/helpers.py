@@ -1,9 +1,11 @@
 """Helpers shared across test folders: run check-model with --json and pick findings, assert a
-clean input error, digest a tree, compare JSON reports, read pytester outcomes."""
+clean input error, digest a tree, compare JSON reports, read pytester outcomes; build every
+cached artifact the tests use at once (before pytest-xdist's workers start)."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 
@@ -62,3 +64,41 @@ def outcomes(result) -> dict[str, str]:
             if line.startswith("loradoctor::") and f" {word}" in line:
                 found[line.split()[0]] = word
     return found
+
+
+# The modules whose code decides what the cached artifacts hold.
+ARTIFACT_SOURCES = ("assets/*.py", "model/numerics/specimens.py", "model/adapter_specimens.py")
+
+
+def _artifacts_stamp() -> tuple[Path, str]:
+    """Where the record of a complete build lives, and the digest of the builders' code."""
+    from loradoctor import assets
+    package = Path(importlib.util.find_spec("loradoctor").origin).parent
+    sources = sorted(path for pattern in ARTIFACT_SOURCES for path in package.glob(pattern))
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()
+    return assets.cache_dir() / "tests-artifacts.json", digest
+
+
+def cached_artifacts_missing() -> bool:
+    """Whether an artifact the tests use may be missing from the cache, known without
+    importing torch: no record of a build by today's builders, or a recorded folder gone."""
+    path, digest = _artifacts_stamp()
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return True
+    return record.get("sources") != digest or not all(
+        (Path(folder) / ".complete").exists() for folder in record.get("folders", []))
+
+
+def build_cached_artifacts() -> None:
+    """Build what is missing: the assets, the numerics specimens, the saved-adapter specimens."""
+    from loradoctor import assets
+    from loradoctor.model import adapter_specimens
+    from loradoctor.model.numerics import specimens
+
+    folders = [build() for build in (*assets.BUILDERS.values(), *specimens.SPECIMENS.values())]
+    adapter_specimens.specimens()
+    folders.append(adapter_specimens.root())
+    path, digest = _artifacts_stamp()
+    path.write_text(json.dumps({"sources": digest, "folders": [str(f) for f in folders]}))

@@ -110,6 +110,7 @@ def test_the_same_seed_finds_the_same_records_and_another_seed_searches_elsewher
     assert records("8") != first
 
 
+@pytest.mark.usefixtures("private_tempdir")
 def test_fuzz_writes_nothing_in_the_working_directory_and_cleans_its_temporary_files(
         check, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -127,6 +127,7 @@ def test_adapters_created_on_an_offloaded_meta_weight_fall_back_to_static_mode(
     assert status["LD201"] == "pass" and status["LD401"] == "skip"
 
 
+@pytest.mark.usefixtures("private_tempdir")
 def test_the_offload_folder_is_removed_after_the_run(tiny_qwen3_dir):
     before = set(Path(tempfile.gettempdir()).glob("loradoctor-offload-*"))
     loradoctor.check(model=tiny_qwen3_dir, apply=apply_random_b, device="cpu", select="LD401",
