@@ -54,6 +54,7 @@ def _summaries(data):
     return {c["code"]: c["summary"] for c in data["checks"]}
 
 
+@pytest.mark.slow  # the module's `unfrozen` run: a whole model trainable
 def test_a_base_left_trainable_is_one_warning_and_nothing_else_warns(unfrozen):
     code, data = unfrozen
     assert code == 0
@@ -68,6 +69,7 @@ def test_a_base_left_trainable_is_one_warning_and_nothing_else_warns(unfrozen):
     assert not said, "the cause is said once, by LD210; the rest point to it"
 
 
+@pytest.mark.slow  # the module's `unfrozen` run: a whole model trainable
 def test_what_follows_from_the_trainable_base_points_to_ld210(unfrozen):
     _, data = unfrozen
     summaries = _summaries(data)
@@ -86,6 +88,7 @@ def test_what_follows_from_the_trainable_base_points_to_ld210(unfrozen):
     assert sides["base"]["lost"] <= sides["base"]["nonzero"]
 
 
+@pytest.mark.slow  # the module's `frozen` run
 def test_freeze_base_checks_the_pipeline_as_the_training_script_trains_it(frozen):
     code, data = frozen
     assert code == 0

@@ -190,7 +190,7 @@ def tiny_qwen3(tiny_qwen3_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_qwen3_dir, dtype=torch.float32).eval()
 
 
-@pytest.mark.parametrize("name", ["bad", "good"])
+@pytest.mark.parametrize("name", ["bad", pytest.param("good", marks=pytest.mark.slow)])
 def test_a_live_base_with_an_apply_function_gives_the_clis_findings(cli, tiny_qwen3_dir,
                                                                     tiny_qwen3, name):
     code, expected = cli_findings(cli, "check-model", "--model", tiny_qwen3_dir, "--apply",
@@ -202,7 +202,7 @@ def test_a_live_base_with_an_apply_function_gives_the_clis_findings(cli, tiny_qw
     assert not any(hasattr(m, "lora") for m in tiny_qwen3.modules())  # applied to a copy
 
 
-@pytest.mark.parametrize("name", ["bad", "good"])
+@pytest.mark.parametrize("name", ["bad", pytest.param("good", marks=pytest.mark.slow)])
 def test_a_model_adapted_by_hand_gives_the_clis_findings(cli, tiny_qwen3_dir, tiny_qwen3,
                                                          name):
     """The closure-aliased forward crashes on the model itself: the base logits must still
@@ -214,6 +214,7 @@ def test_a_model_adapted_by_hand_gives_the_clis_findings(cli, tiny_qwen3_dir, ti
     assert api_findings(report) == expected and report.exit_code == code
 
 
+@pytest.mark.slow  # the CLI and two live models through every wiring and identity rule
 def test_a_live_peft_model_and_a_peft_config_give_the_clis_findings(cli, tiny_qwen3_dir,
                                                                     tiny_qwen3_dir_models):
     from peft import LoraConfig, get_peft_model

@@ -22,8 +22,6 @@ from ..helpers import assert_clean_input_error, tree_digest
 
 BAD = FIXTURES / "bad_inputs"
 
-pytestmark = pytest.mark.usefixtures("load_each_tokenizer_once")
-
 
 def test_help_works_for_every_command(cli_subprocess):
     top = cli_subprocess("--help")
@@ -274,6 +272,7 @@ def test_bad_input_exits_2_through_the_real_process(cli_subprocess, qwen3_tokeni
     assert result.out == ""
 
 
+@pytest.mark.slow  # a separate process: transformers imported
 def test_rules_exits_0_and_an_unknown_code_2_through_the_real_process(cli_subprocess):
     listed = cli_subprocess("rules")
     assert listed.code == 0 and "LD100" in listed.out

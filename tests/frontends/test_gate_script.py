@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from ..conftest import PIPELINES, ROOT
 
 SCRIPT = PIPELINES / "minimind_train.py"
@@ -17,6 +19,7 @@ def _run(tokenizer_dir, model_dir, dataset: str):
                            dataset], capture_output=True, text=True, timeout=600, env=env)
 
 
+@pytest.mark.slow  # the training script in a process of its own
 def test_the_gate_raises_before_the_first_step_with_the_bos_token_dataset(
         qwen3_tokenizer_dir, tiny_qwen3_dir):
     proc = _run(qwen3_tokenizer_dir, tiny_qwen3_dir, "LoRADataset")
@@ -26,6 +29,7 @@ def test_the_gate_raises_before_the_first_step_with_the_bos_token_dataset(
     assert "step 1" not in proc.stdout  # not one optimizer step was taken
 
 
+@pytest.mark.slow  # the training script in a process of its own
 def test_the_same_script_trains_with_the_fixed_dataset(qwen3_tokenizer_dir, tiny_qwen3_dir):
     proc = _run(qwen3_tokenizer_dir, tiny_qwen3_dir, "LoRADatasetFixed")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -35,7 +39,6 @@ def test_the_same_script_trains_with_the_fixed_dataset(qwen3_tokenizer_dir, tiny
 
 
 def test_a_live_model_whose_forward_raises_is_named_at_the_users_line(tiny_qwen3_dir):
-    import pytest
     import torch  # noqa: F401
     from transformers import AutoModelForCausalLM
 

@@ -162,6 +162,7 @@ def test_the_report_fixture_and_the_api_are_usable_in_the_projects_own_tests(
     assert result.parseoutcomes() == {"passed": 2}
 
 
+@pytest.mark.slow  # a pytest of its own with two workers, each importing torch
 def test_under_xdist_every_worker_reports_the_same_items(project, pytester):
     pytest.importorskip("xdist")
     project('data = "persona.jsonl"\ndataset = "minimind_dataset.py:LoRADataset"\n'

@@ -64,6 +64,7 @@ def shards(cli, tmp_path, n, *args) -> list:
 # --- the done-when: three shards merged are the whole run -----------------------------------
 
 
+@pytest.mark.slow  # the 3,000-record file, checked whole and in parts
 def test_three_shards_merged_give_exactly_the_whole_runs_report(cli, qwen3_tokenizer_dir,
                                                                big_file, tmp_path):
     args = ["check-dataset", big_file, "--tokenizer", qwen3_tokenizer_dir, "--dataset", CLASS,
@@ -81,6 +82,7 @@ def test_three_shards_merged_give_exactly_the_whole_runs_report(cli, qwen3_token
         f"{ld101['evidence']['lines'][0]}"
 
 
+@pytest.mark.slow  # the 3,000-record file, checked whole and in parts
 def test_each_partial_report_covers_its_own_contiguous_share(cli, qwen3_tokenizer_dir,
                                                             big_file, tmp_path):
     args = ["check-dataset", big_file, "--tokenizer", qwen3_tokenizer_dir, "--dataset", CLASS,
@@ -99,6 +101,7 @@ def test_each_partial_report_covers_its_own_contiguous_share(cli, qwen3_tokenize
     assert first_lines == sorted(first_lines) and first_lines[2] > 2000
 
 
+@pytest.mark.slow  # the 3,000-record file, checked whole and in parts
 def test_the_merged_text_report_shows_the_same_token_views(cli, qwen3_tokenizer_dir, big_file,
                                                           tmp_path):
     args = ["check-dataset", big_file, "--tokenizer", qwen3_tokenizer_dir, "--dataset",
@@ -114,6 +117,7 @@ def test_the_merged_text_report_shows_the_same_token_views(cli, qwen3_tokenizer_
     assert whole.count(" tokens 0-") + whole.count(" tokens ") >= 6
 
 
+@pytest.mark.slow  # the 3,000-record file, checked whole and in parts
 def test_shards_of_the_oracle_alone_and_of_token_rows_merge_too(cli, qwen3_tokenizer_dir,
                                                                big_file, tmp_path):
     args = ["check-dataset", big_file, "--tokenizer", qwen3_tokenizer_dir, "--max-length", 40]
@@ -145,7 +149,8 @@ def _rows_kit():
     return sys.modules[load_spec(f"{MASKING / 'token_rows.py'}:write_jsonl").__module__]
 
 
-def test_the_merged_exit_code_follows_the_merged_findings(cli, qwen3_tokenizer_dir, tmp_path):
+def one_bad_record_in_three_shards(cli, qwen3_tokenizer_dir, tmp_path):
+    """90 records, only the last one wrong, checked in 3 shards: (data, partial paths, codes)."""
     recs = _kit().records(90, seed=1)
     for r in recs:  # clean everywhere ...
         first = next(m for m in r["messages"] if m["role"] == "user")
@@ -160,16 +165,31 @@ def test_the_merged_exit_code_follows_the_merged_findings(cli, qwen3_tokenizer_d
         result = cli(*map(str, args), "--shard", f"{i}/3", "--json")
         codes.append(result.code)
         (tmp_path / f"p{i}.json").write_text(result.out)
+    return data, [tmp_path / f"p{i}.json" for i in (1, 2, 3)], codes
+
+
+def test_the_merged_exit_code_follows_the_merged_findings(cli, qwen3_tokenizer_dir, tmp_path):
+    data, parts, codes = one_bad_record_in_three_shards(cli, qwen3_tokenizer_dir, tmp_path)
     assert codes == [0, 0, 1]
-    merged = cli("merge", *(tmp_path / f"p{i}.json" for i in (1, 2, 3)), "--json")
+    merged = cli("merge", *parts, "--json")
     assert merged.code == 1
     (ld101,) = [f for f in json.loads(merged.out)["findings"] if f["code"] == "LD101"]
     assert ld101["evidence"]["lines"] == [90] and ld101["location"] == f"{data}:90"
 
 
+@pytest.mark.slow  # a separate process: a torch import of its own
+def test_merge_exits_1_with_the_report_alone_on_stdout_through_the_real_process(
+        cli, cli_subprocess, qwen3_tokenizer_dir, tmp_path):
+    _, parts, _ = one_bad_record_in_three_shards(cli, qwen3_tokenizer_dir, tmp_path)
+    merged = cli_subprocess("merge", *parts, "--json")
+    assert merged.code == 1, merged.err
+    assert comparable(merged.out) == comparable(cli("merge", *parts, "--json").out)
+
+
 # --- --workers N with the user's code --------------------------------------------------------
 
 
+@pytest.mark.slow  # the 3,000-record file, in one process and in two worker processes
 @pytest.mark.parametrize("spec", [CLASS, FUNCTION], ids=["class", "function"])
 def test_two_workers_give_the_same_json_report_as_one(cli, qwen3_tokenizer_dir, big_file, spec):
     args = ["check-dataset", big_file, "--tokenizer", qwen3_tokenizer_dir, "--dataset", spec,
@@ -179,6 +199,7 @@ def test_two_workers_give_the_same_json_report_as_one(cli, qwen3_tokenizer_dir, 
     assert one == two and one[0] == 1
 
 
+@pytest.mark.slow  # the 3,000-record file, in one process and in two worker processes
 def test_two_workers_show_the_same_token_views(cli, qwen3_tokenizer_dir, big_file):
     args = ["check-dataset", big_file, "--tokenizer", qwen3_tokenizer_dir, "--dataset", CLASS]
     assert cli(*map(str, args), "--workers", "2").out == cli(*map(str, args)).out

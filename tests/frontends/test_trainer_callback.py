@@ -162,6 +162,7 @@ def test_a_healthy_trainer_trains_to_the_end_with_the_callback(tmp_path, qwen3_t
     assert callback.report.ok, [f.message for f in callback.report.errors]
 
 
+@pytest.mark.slow  # TRL's SFTTrainer, six steps
 @pytest.mark.parametrize("mode", ["assistant_only_loss", "completion_only_loss", "full"])
 def test_a_healthy_sft_trainer_trains_with_the_callback_and_no_false_stop(
         tmp_path, qwen3_tokenizer, tiny_qwen3_dir, mode):
@@ -199,6 +200,7 @@ def test_the_gate_measures_the_dtypes_the_run_trains_in(tmp_path):
     assert run_dtypes(_args(tmp_path, 1, bf16=True)) == ("fp32", "bf16")
 
 
+@pytest.mark.slow  # a real Trainer, several steps
 def test_an_fp32_run_is_not_measured_in_fp16_or_bf16(tmp_path, qwen3_tokenizer, tiny_qwen3_dir):
     from transformers import Trainer
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from loradoctor.reference import select_runs
+
+pytestmark = pytest.mark.slow  # a reference run: real training steps
 
 
 def test_the_buggy_dataset_trains_to_nan_and_the_fixed_one_trains(cli):

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from loradoctor.reference import numerics
+
+pytestmark = pytest.mark.slow  # reference runs: real training steps
 
 
 def test_fp16_overflows_at_a_named_module_where_bf16_trains():

@@ -79,6 +79,7 @@ def test_the_step_where_each_pipeline_went_wrong_is_found():
     assert wrong_steps(outcome("ddp-adapter")) == {}
 
 
+@pytest.mark.slow  # a reference run: real training steps
 def test_reference_plot_writes_the_png_through_the_cli(cli, tmp_path):
     result = cli("reference", "init", "--plot", tmp_path / "figures", "--json")
     assert result.code == 0, result.err
@@ -88,6 +89,7 @@ def test_reference_plot_writes_the_png_through_the_cli(cli, tmp_path):
     assert_drawn_png(tmp_path / "figures" / "init.png", marked=True)
 
 
+@pytest.mark.slow  # a separate process: loradoctor's CLI imported
 def test_without_matplotlib_plot_is_one_line_and_exit_2_before_any_training(tmp_path):
     code = ("import sys; sys.modules['matplotlib'] = None; "
             "from loradoctor.cli import main; "

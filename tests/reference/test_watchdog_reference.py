@@ -9,6 +9,8 @@ import pytest
 
 pytest.importorskip("peft")
 
+pytestmark = pytest.mark.slow  # a reference run: a real Trainer
+
 
 def test_the_callback_stops_the_run_at_the_step_its_loss_goes_nan(cli):
     result = cli("reference", "watchdog", "--json")

@@ -7,8 +7,12 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from loradoctor.reference import select_runs
 from loradoctor.reference.wiring import STEPS, run_closure, run_init
+
+pytestmark = pytest.mark.slow  # reference runs: real training steps
 
 
 def test_the_closure_bug_crashes_or_trains_garbage_and_the_fix_trains():
