@@ -17,8 +17,8 @@ from ..model.numerics.figures import (adapter_lost_fraction, lost_by_side, measu
                                       simulated_adamw)
 from ..model.numerics.passes import FP16_MAX, DtypePass, NumericsOptions
 from ..model.numerics.verdict import (backward_overflow_at, bf16_clean, divergence, dtype_verdicts,
-                                      fmt, headroom, near_limit, nonfinite_word, overflow_at, pct,
-                                      times, verdict_line)
+                                      fmt, headroom, measured_how, near_limit, nonfinite_word,
+                                      overflow_at, pct, times, verdict_line)
 from ..rules import Outcome, SkipCheck, rule
 
 
@@ -44,7 +44,11 @@ def numerics_verdict(ctx) -> Outcome:
     exactly (same tensors, dtypes, flags, modes and RNG states). On a quantized base (QLoRA)
     nothing is cast: its quantized layers compute in each dtype (bitsandbytes' compute dtype,
     the configured one always among the passes) and every other parameter stays as loaded,
-    as QLoRA trains; the table's title and the summary say so.
+    as QLoRA trains; the table's title and the summary say so. On a CPU, torch's fp16 kernels
+    (and its bf16 ones, where the CPU has no native bf16) take many times fp32's: there their
+    matmuls and attention run as a GPU's do, in fp32 on the dtype's values with each result
+    rounded to the dtype, every other op in the dtype itself (`--real-dtypes` runs torch's own
+    kernels instead); the table's title says which dtypes were emulated.
 
     ## Why is this bad?
     It is the summary, not a fault. An error here means the fp32 reference itself is not
@@ -84,7 +88,9 @@ def numerics_verdict(ctx) -> Outcome:
             f"{p.seconds:.2f}s",
         ])
     how = "with the quantized layers computing in each dtype" if m.quantized else "in each dtype"
-    table = Table(f"probe batch {tuple(m.probe_shape)} {how}, against fp32",
+    emulated = measured_how(m)
+    table = Table(f"probe batch {tuple(m.probe_shape)} {how}, against fp32"
+                  + (f"; {emulated}" if emulated else ""),
                   ["dtype", "", "loss (Δ)", "max |Δlogit|", "grad cosine", "grads lost",
                    "time"], rows)
     findings = []

@@ -34,6 +34,7 @@ class ModelContext(ModelSource):
     data: Path | None = None
     tokenizer_dir: Path | None = None
     dtypes: tuple[str, ...] = ("fp32",)
+    real_dtypes: bool = False  # on a CPU, fp16 (bf16) passes in torch's real kernels, not emulated
     device: str = "cpu"
     train_steps: int = 0
     probe_shape: tuple[int, int] = (4, 128)  # (batch, tokens)

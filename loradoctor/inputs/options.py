@@ -114,6 +114,10 @@ OPTIONS: tuple[Option, ...] = (
            "saved file", (ADAPTER,), metavar="ADAPTER", positional=(ADAPTER,)),
     Option("dtypes", "list", "dtypes to compare, e.g. fp32,fp16,bf16 (default: what the device "
            "runs)", (MODEL,), metavar="LIST"),
+    Option("real-dtypes", "bool", "on a CPU, run the fp16 pass (and bf16 where the CPU has no "
+           "bf16 kernels) in torch's own CPU kernels instead of emulating its matmuls and "
+           "attention in fp32 on fp16 values, as a GPU computes them (slow: many times the fp32 "
+           "pass)", (MODEL,)),
     Option("device", "str", "auto, cpu, cuda or cuda:N (default auto)", (MODEL, ADAPTER),
            default="auto"),
     Option("select", "codes", CODES_HELP, metavar="CODES"),

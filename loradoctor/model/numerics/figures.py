@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...rules import SkipCheck
-from .passes import FP16_MAX, FP16_TINY, DtypePass, Measurement, NumericsOptions, measure
+from .passes import (FP16_MAX, FP16_TINY, DtypePass, Measurement, NumericsOptions, ReferencePass,
+                     fp32_pass, measure)
 from .verdict import dtype_verdicts, headroom, verdict_line
 
 
@@ -31,13 +32,56 @@ def numerics(ctx) -> Measurement:
         opts = options(ctx)
         n = 1 + len([d for d in (ctx.dtypes or ("bf16", "fp16")) if d != "fp32"])
         with progress(ctx, "numerics: fp32, bf16, fp16 passes", total=n) as advance:
+            fp32 = reference(ctx)
             m = measure(model, ctx.probe, dtypes=ctx.dtypes, device=ctx.device, options=opts,
-                        on_pass=lambda _p: advance(1), convention=ctx.convention)
+                        on_pass=lambda _p: advance(1), convention=ctx.convention,
+                        emulate=() if getattr(ctx, "real_dtypes", False) else None,
+                        reference=fp32)
+            fp32.ref = None  # the fp32 logits, (B, T, V): every dtype has been compared with them
         ctx.summary["numerics"] = summary_figures(m, opts, adapter_lost_fraction(ctx, m))
         if m.quantized is not None and isinstance(ctx.summary.get("quantized_base"), dict):
             ctx.summary["quantized_base"]["numerics"] = m.quantized  # what was measured
         return m
     return ctx.memo("numerics", compute)
+
+
+def reference(ctx) -> ReferencePass:
+    """The fp32 pass, measured once per run (with the torch RNG seeded as the identity forward
+    seeds it): the first of the numerics passes, and LD401's forward where the numerics run
+    anyway (`shared_fp32_logits`)."""
+    def compute() -> ReferencePass:
+        from ..safety import rng_preserved  # imports torch: the rules' modules must stay light
+
+        with rng_preserved(ctx.seed):
+            return fp32_pass(ctx.adapted, ctx.probe, device=ctx.device, options=options(ctx),
+                             convention=ctx.convention)
+    return ctx.memo("numerics_reference", compute)
+
+
+def shared_fp32_logits(ctx):
+    """The adapted model's (B, T, V) logits on the probe batch from the numerics' fp32 pass, or
+    None where that pass is not exactly the model's own eval forward, or will not run.
+
+    Shared only when an LD3xx rule is among the rules this run runs (`ctx.planned_rules`), every
+    floating parameter and buffer is fp32 already (the pass casts nothing), no layer is
+    quantized (it would compute in fp32 there) and the pass ran: then it is the identity
+    forward's computation (eval mode, the same batch, the RNG seeded the same), with hooks that
+    only read, and one forward of the model is saved. Else the caller runs its own forward.
+    """
+    planned = getattr(ctx, "planned_rules", None) or ()
+    if not any(code.startswith("LD3") for code in planned):
+        return None
+    import torch
+
+    from ..quantized import numerics_note
+
+    model = ctx.adapted
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.is_floating_point() and t.dtype != torch.float32 for t in tensors) \
+            or numerics_note(model) is not None:
+        return None
+    fp32 = reference(ctx)
+    return fp32.ref.logits if fp32.result.ran and fp32.ref is not None else None
 
 
 def adapter_lost_fraction(ctx, m: Measurement) -> float | None:
@@ -59,6 +103,7 @@ def summary_figures(m: Measurement, opts: NumericsOptions,
         "fp16_headroom": round(headroom(peak.peak), 3) if peak else None,
         "dtypes": {},
         "seconds": round(m.seconds, 3),
+        "emulated": list(m.emulated),  # dtypes whose matmuls and attention ran in fp32 (CPU)
     }
     for dtype, p in m.passes.items():
         bad = p.first_bad_forward or p.first_bad_backward

@@ -13,9 +13,10 @@ What one pass records (`DtypePass`):
   in fp32 come out exactly zero (underflow, lost) or non-finite.
 
 The passes run on the user's model itself, cast *in place* one dtype at a time and restored
-exactly afterwards: each parameter's `.data` and `.grad` and each floating buffer is put back
-as the very same tensor object, so values, dtypes, storage, `requires_grad`, train/eval mode and
-the RNG states are as found. We cast in place rather than deep-copying because hand-written
+exactly afterwards (`in_place.py`): each parameter's `.data` and `.grad` and each floating
+buffer is put back as the very same tensor object, so values, dtypes, storage,
+`requires_grad`, train/eval mode and the RNG states are as found. We cast in place rather than
+deep-copying because hand-written
 LoRA binds `module.forward` into closures: a deep copy of such a model still calls the
 original's weights. While a pass runs, the model holds one cast copy of its floating tensors
 (half the fp32 size in fp16/bf16) beside the kept fp32 originals; nothing else is copied.
@@ -26,6 +27,13 @@ fp32 for the loss), no autocast and no loss scaling: what a "load in fp16 and tr
 on its first step. The model is called, and its labels given, the way its own convention
 says (`model.convention`: transformers' keywords, or nanoGPT's `idx`/`targets`). The model
 runs in eval mode (no dropout) so that dtypes are compared on the same computation.
+
+On a CPU, torch's fp16 kernels (and its bf16 ones, on a CPU without native bf16) take many
+times fp32's; there the low-precision passes run with their matmuls and attention emulated as a
+GPU computes them (`emulation.py`: fp32 arithmetic on the dtype's values, each result rounded
+to the dtype), every other op in the real dtype; `Measurement.emulated` names those dtypes.
+The fp32 pass runs first (`fp32_pass`) and may run on its own earlier in a check, when another
+rule reads its logits (`figures.reference`); `measure` then continues from it.
 
 A quantized base (QLoRA) cannot be loaded in another dtype, and casting the rest of it is not
 what QLoRA training does: there a pass leaves every parameter as loaded (the adapters and, after
@@ -39,7 +47,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -48,6 +56,7 @@ from ..convention import loss as model_loss
 from ..memory import releasing
 from ..quantized import numerics_note
 from ..quantized_state import computing_in
+from .in_place import cast_in_place, preserved
 from .recorder import ModuleRecorder, ModuleStat, peak_of
 from ...text import one_line
 
@@ -92,7 +101,7 @@ class DtypePass:
     error: str | None = None
     seconds: float = 0.0
     loss: float | None = None  # as the model computes it (Hugging Face upcasts logits to fp32)
-    loss_in_dtype: float | None = None  # cross-entropy computed in this dtype, as a bare loop might
+    loss_in_dtype: float | None = None  # fp16: cross-entropy computed in fp16, as a bare loop might
     backward: bool = False  # False when nothing in the model is trainable
     modules: list[ModuleStat] = field(default_factory=list)  # in forward order
     # against the fp32 pass (None on fp32 itself)
@@ -158,6 +167,7 @@ class Measurement:
     grad_samples: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: float = 0.0
     quantized: str | None = None  # on a quantized base: what a pass in a dtype means there
+    emulated: tuple[str, ...] = ()  # dtypes whose matmuls and attention were emulated (CPU)
 
     @property
     def fp32(self) -> DtypePass:
@@ -215,68 +225,13 @@ def resolve_dtypes(dtypes: tuple[str, ...] | None) -> tuple[tuple[str, ...], boo
     return tuple(d for d in DTYPES if d in chosen), False
 
 
-# --- keeping the user's model as found ---------------------------------------------------------
-
-
-@contextmanager
-def cast_in_place(model, dtype):
-    """Cast every floating parameter and buffer to `dtype`; put the very same tensors back after.
-
-    Gradients are set aside too (a pass accumulates its own), and restored as the same objects.
-    `dtype` None casts nothing and only sets the gradients aside.
-    """
-    saved_params, saved_buffers, seen = [], [], set()
-    try:
-        for module in model.modules():
-            for p in module._parameters.values():
-                if p is None or id(p) in seen:
-                    continue
-                seen.add(id(p))
-                saved_params.append((p, p.data, p.grad))
-                p.grad = None
-                if dtype is not None and p.is_floating_point() and p.dtype != dtype:
-                    p.data = p.data.to(dtype)
-            for name, b in module._buffers.items():
-                if dtype is not None and b is not None and b.is_floating_point() \
-                        and b.dtype != dtype:
-                    saved_buffers.append((module, name, b))
-                    module._buffers[name] = b.to(dtype)
-        yield
-    finally:
-        for p, data, grad in saved_params:
-            p.grad = None
-            p.data = data  # the original tensor object: same storage, dtype and values
-            p.grad = grad
-        for module, name, b in saved_buffers:
-            module._buffers[name] = b
-
-
-@contextmanager
-def preserved(model):
-    """Eval mode and gradients on for the passes; each module's mode and the RNG states restored."""
-    import torch
-
-    modes = [(m, m.training) for m in model.modules()]
-    cpu_rng = torch.random.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    try:
-        model.eval()
-        # A caller under torch.inference_mode() (a gate inside an eval loop) still gets gradients.
-        with torch.inference_mode(False), torch.enable_grad():
-            yield
-    finally:
-        for m, training in modes:
-            m.training = training
-        torch.random.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
-
-
 # --- one pass ----------------------------------------------------------------------------------
 
 
 @dataclass
-class _Reference:
+class Reference:
+    """What the fp32 pass leaves for the other dtypes to be compared against."""
+
     logits: Any  # (B, T, V) fp32
     top1: Any  # (B, T)
     logits_peak: float
@@ -303,11 +258,13 @@ def in_dtype(model, dtype, quantized: bool):
 
 @releasing
 def run_pass(model, probe: dict, dtype: str, device: str, trainable: list[tuple[str, Any]],
-             stride: int, ref: _Reference | None, conv: LossConvention = HF,
-             quantized: bool = False) -> tuple[DtypePass, _Reference | None, dict]:
+             stride: int, ref: Reference | None, conv: LossConvention = HF,
+             quantized: bool = False,
+             emulate: bool = False) -> tuple[DtypePass, Reference | None, dict]:
     """One forward+backward of `model` cast to `dtype` (on a quantized base: its quantized
     layers computing in `dtype`); returns the pass, the fp32 reference (when `ref` is None,
-    i.e. this is the fp32 pass) and the sampled trainable gradients.
+    i.e. this is the fp32 pass) and the sampled trainable gradients. `emulate`: the matmuls
+    and attention run in fp32 on the `dtype` values, results rounded back (`emulation.py`).
 
     A model without a loss of its own is scored with next-token cross-entropy in fp32, as
     transformers computes it (`convention.loss`)."""
@@ -322,7 +279,8 @@ def run_pass(model, probe: dict, dtype: str, device: str, trainable: list[tuple[
     _sync(device)
     start = time.perf_counter()
     try:
-        with in_dtype(model, torch_dtype(dtype), quantized), recorder:
+        with in_dtype(model, torch_dtype(dtype), quantized), recorder, \
+                _emulating(torch_dtype(dtype), emulate):
             out = call(model, probe, conv, labels=True, use_cache=False)
             logits = logits_of(out, tuple(probe["input_ids"].shape))  # (B, T, V)
             loss = model_loss(out, probe, conv, logits)
@@ -330,11 +288,11 @@ def run_pass(model, probe: dict, dtype: str, device: str, trainable: list[tuple[
             result.loss = float(loss.detach())
             if ref is None:
                 ref_logits = logits.detach().float()
-                new_ref = _Reference(ref_logits, ref_logits.argmax(-1),
+                new_ref = Reference(ref_logits, ref_logits.argmax(-1),
                                      float(peak_of(ref_logits)), result.loss)
             else:
                 _compare_logits(result, logits.detach(), ref)
-            if dtype != "fp32":
+            if dtype == "fp16":  # LD304's evidence: the loss a bare fp16 loop would compute
                 result.loss_in_dtype = _loss_in_dtype(logits.detach(), probe, conv)
             del logits
             if loss.requires_grad:
@@ -354,6 +312,14 @@ def run_pass(model, probe: dict, dtype: str, device: str, trainable: list[tuple[
     return result, new_ref, grads
 
 
+def _emulating(dtype, emulate: bool):
+    """The emulation mode for a pass in `dtype`, or a block that does nothing."""
+    if not emulate:
+        return nullcontext()
+    from .emulation import Emulated
+    return Emulated(dtype)
+
+
 def _loss_in_dtype(logits, probe, conv: LossConvention = HF) -> float | None:
     """Cross-entropy computed in the logits' own dtype (no upcast), read as the model reads
     its labels (next-token, shifted or not)."""
@@ -364,7 +330,7 @@ def _loss_in_dtype(logits, probe, conv: LossConvention = HF) -> float | None:
     return float(loss)
 
 
-def _compare_logits(result: DtypePass, logits, ref: _Reference) -> None:
+def _compare_logits(result: DtypePass, logits, ref: Reference) -> None:
     import torch
 
     if ref.loss is not None and result.loss is not None:
@@ -372,9 +338,10 @@ def _compare_logits(result: DtypePass, logits, ref: _Reference) -> None:
         result.loss_rel_diff = result.loss_abs_diff / max(abs(ref.loss), 1e-12)
     worst, agree = torch.zeros((), device=logits.device), 0
     for b in range(logits.shape[0]):  # row by row: one (T, V) fp32 temporary at a time
-        diff = (logits[b].float() - ref.logits[b]).abs().max()
+        row = logits[b].float()  # exact: argmax reads the same values (fp16's argmax is slow)
+        agree += int((row.argmax(-1) == ref.top1[b]).sum())
+        diff = (row - ref.logits[b]).abs_().max()
         worst = torch.maximum(worst, diff)  # nan propagates
-        agree += int((logits[b].argmax(-1) == ref.top1[b]).sum())
     result.logits_max_abs_diff = float(worst)
     result.logits_rel_diff = result.logits_max_abs_diff / max(ref.logits_peak, 1e-12)
     result.top1_agreement = agree / ref.top1.numel()
@@ -410,53 +377,89 @@ def _compare_grads(result: DtypePass, grads: dict, ref_grads: dict) -> None:
 # --- all passes --------------------------------------------------------------------------------
 
 
+@dataclass
+class ReferencePass:
+    """The fp32 pass with what the other dtypes are compared against, measured first (LD401
+    reads its logits when the numerics run anyway: `figures.reference`)."""
+
+    result: DtypePass
+    ref: Reference | None  # None when the pass failed
+    grads: dict  # the trainable gradients, sampled every `stride` values
+    trainable: list[tuple[str, Any]]
+    stride: int
+
+
+def fp32_pass(model, probe: dict, *, device: str, options: NumericsOptions | None = None,
+              convention: LossConvention = HF) -> ReferencePass:
+    """The fp32 pass alone (the model cast to fp32 where it is not; a quantized base's layers
+    computing in fp32), in eval mode, the model restored after it."""
+    options = options or NumericsOptions()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    total = sum(p.numel() for _, p in trainable)
+    stride = max(1, math.ceil(total / options.grad_sample_budget))
+    with preserved(model):
+        result, ref, grads = run_pass(model, probe, "fp32", device, trainable, stride, None,
+                                      convention, numerics_note(model) is not None)
+    return ReferencePass(result, ref, grads, trainable, stride)
+
+
 def measure(model, probe: dict, *, dtypes: tuple[str, ...] | None, device: str,
             options: NumericsOptions | None = None,
             on_pass: Callable[[DtypePass], None] | None = None,
-            convention: LossConvention = HF) -> Measurement:
-    """Run the fp32 reference pass and one pass per other dtype, one cast at a time.
+            convention: LossConvention = HF,
+            emulate: tuple[str, ...] | None = None,
+            reference: ReferencePass | None = None) -> Measurement:
+    """Run the fp32 reference pass (unless `reference` is that pass, already run on this model
+    as it is now) and one pass per other dtype, one cast at a time.
 
     `on_pass` is called with each finished pass (for a progress bar); `convention` says how
-    the model is called and how its loss reads labels (`model.convention.detect`).
+    the model is called and how its loss reads labels (`model.convention.detect`); `emulate`
+    names the dtypes whose matmuls and attention are emulated in fp32 (None: the device's
+    slow ones, `emulation.emulated_dtypes`; () runs every dtype for real).
     """
     options = options or NumericsOptions()
     order, auto = resolve_dtypes(dtypes)
     quantized = numerics_note(model)
     if quantized is not None:  # the dtype the quantized layers are configured to compute in
         order = tuple(d for d in DTYPES if d in order or d in quantized[1])
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    total = sum(p.numel() for _, p in trainable)
-    stride = max(1, math.ceil(total / options.grad_sample_budget))
+    if emulate is None:
+        from .emulation import emulated_dtypes
+        emulate = emulated_dtypes(device)
+    start = time.perf_counter()
+    fp32 = reference or fp32_pass(model, probe, device=device, options=options,
+                                  convention=convention)
     m = Measurement(requested=order, auto=auto, device=device,
                     probe_shape=tuple(probe["input_ids"].shape),
-                    probe_source=str(probe.get("source", "")), passes={},
-                    trainable=[Trainable(n, _dtype_name(p.dtype), p.numel()) for n, p in trainable],
-                    sample_stride=stride, quantized=quantized and quantized[0])
-    start = time.perf_counter()
-    ref, ref_grads = None, {}
+                    probe_source=str(probe.get("source", "")), passes={"fp32": fp32.result},
+                    trainable=[Trainable(n, _dtype_name(p.dtype), p.numel())
+                               for n, p in fp32.trainable],
+                    sample_stride=fp32.stride, quantized=quantized and quantized[0],
+                    grad_samples={"fp32": fp32.grads})
+    if on_pass:
+        on_pass(fp32.result)
     with preserved(model):
-        for dtype in ("fp32", *[d for d in order if d != "fp32"]):
+        for dtype in [d for d in order if d != "fp32"]:
             reason = dtype_support(dtype, device)
             if reason:
                 result = m.passes[dtype] = DtypePass(dtype, status="unsupported", error=reason)
-            elif dtype != "fp32" and (ref is None or not m.fp32.ran):
+            elif fp32.ref is None or not m.fp32.ran:
                 result = m.passes[dtype] = DtypePass(
                     dtype, status="failed", error="not run: the fp32 reference pass failed")
             else:
-                result, new_ref, grads = run_pass(model, probe, dtype, device, trainable, stride,
-                                                  ref, convention, quantized is not None)
+                result, _, grads = run_pass(model, probe, dtype, device, fp32.trainable,
+                                            fp32.stride, fp32.ref, convention,
+                                            quantized is not None, dtype in emulate)
                 m.passes[dtype] = result
-                if dtype == "fp32":
-                    ref, ref_grads = new_ref, grads
-                    m.grad_samples["fp32"] = grads
-                elif result.ran:
-                    _compare_grads(result, grads, ref_grads)
+                if dtype in emulate:
+                    m.emulated += (dtype,)
+                if result.ran:
+                    _compare_grads(result, grads, fp32.grads)
                     if dtype == "fp16":
                         m.grad_samples["fp16"] = grads
                 del grads
             if on_pass:
                 on_pass(result)
-    m.seconds = time.perf_counter() - start
+    m.seconds = time.perf_counter() - start + (fp32.result.seconds if reference else 0.0)
     return m
 
 

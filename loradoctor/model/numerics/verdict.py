@@ -180,6 +180,14 @@ def verdict_line(verdicts: list[DtypeVerdict]) -> str:
     return "trains in: " + " · ".join(v.text() for v in verdicts)
 
 
+def measured_how(m: Measurement) -> str | None:
+    """How the low-precision passes were measured, when not in their real kernels: the dtypes
+    whose matmuls and attention ran in fp32 on their values (`emulation.py`), else None."""
+    if not m.emulated:
+        return None
+    return f"{' and '.join(m.emulated)} emulated on CPU"
+
+
 def _short(text: str, limit: int = 80) -> str:
     text = text.strip()
     return text if len(text) <= limit else text[: limit - 3] + "..."
