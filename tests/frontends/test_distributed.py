@@ -10,6 +10,8 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -23,15 +25,20 @@ FSDP_NORM = FIXTURES / "distributed" / "fsdp_norm.py"
 
 
 def _torchrun(*args, script=SCRIPT, timeout: int = 600) -> tuple[int, str, dict[int, str]]:
-    """Run the script on 2 processes: (exit code, all output, each rank's `RANK r:` line)."""
+    """Run the script on 2 processes: (exit code, all output, each rank's ending line).
+
+    Each rank writes its ending line to a file of its own (`LD_RANK_LINES`): the two processes
+    share one stdout, where one rank's line can land in the middle of the other's."""
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2",
-                           str(script), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=ROOT)
-    out = proc.stdout + proc.stderr
-    ranks = {int(m.group(1)): m.group(2) for m in re.finditer(r"^RANK (\d): (.*)$", out, re.M)}
-    return proc.returncode, out, ranks
+    with tempfile.TemporaryDirectory() as lines:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+               "LD_RANK_LINES": lines}
+        proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2",
+                               str(script), *map(str, args)], capture_output=True, text=True,
+                              timeout=timeout, env=env, cwd=ROOT)
+        ranks = {int(f.stem.removeprefix("rank")): f.read_text()
+                 for f in Path(lines).glob("rank*.txt")}
+    return proc.returncode, proc.stdout + proc.stderr, ranks
 
 
 @pytest.mark.slow
