@@ -234,14 +234,29 @@ def variants():
 
 @pytest.fixture(scope="session")
 def tokenizers(qwen3_tokenizer_dir, smollm2_dir, variants, tmp_path_factory):
+    """name -> tokenizer directory. Each variant of the Qwen3 tokenizer is written the first
+    time a test asks for it (about two seconds each: the 151k vocabulary loaded and saved)."""
     root = tmp_path_factory.mktemp("tokenizers")
-    return {
-        "qwen3": qwen3_tokenizer_dir,
-        "smollm2": smollm2_dir,
-        "llama3": variants.llama3_style(qwen3_tokenizer_dir, root / "llama3"),
-        "llama3-no-bos": variants.llama3_without_bos(qwen3_tokenizer_dir, root / "llama3-no-bos"),
-        "strict": variants.strict(qwen3_tokenizer_dir, root / "strict"),
-    }
+    return BuiltOnFirstUse({
+        "qwen3": lambda: qwen3_tokenizer_dir,
+        "smollm2": lambda: smollm2_dir,
+        "llama3": lambda: variants.llama3_style(qwen3_tokenizer_dir, root / "llama3"),
+        "llama3-no-bos": lambda: variants.llama3_without_bos(qwen3_tokenizer_dir,
+                                                             root / "llama3-no-bos"),
+        "strict": lambda: variants.strict(qwen3_tokenizer_dir, root / "strict"),
+    })
+
+
+class BuiltOnFirstUse(dict):
+    """A dict whose value for a key is built by that key's builder when first looked up."""
+
+    def __init__(self, builders: dict):
+        super().__init__()
+        self.builders = builders
+
+    def __missing__(self, key):
+        self[key] = self.builders[key]()
+        return self[key]
 
 
 @pytest.fixture(scope="session")

@@ -44,6 +44,7 @@ def _finding(report, code):
     return next(f for f in report["findings"] if f["code"] == code)
 
 
+@pytest.mark.slow  # two check-dataset runs with collators
 def test_ld118_flags_a_collator_that_rebuilds_the_labels_and_passes_one_that_pads_them(check):
     code, found, report = check("qwen3", "--collator", f"{LD118}:RebuildLabels")
     assert code == 1 and found == {"LD118": ["error"]}

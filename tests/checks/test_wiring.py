@@ -87,6 +87,7 @@ def test_every_fixed_variant_and_peft_pass_the_whole_model_check(cli, tiny_llama
     assert {c["status"] for c in data["checks"]} <= {"pass", "warn", "skip"}
 
 
+@pytest.mark.slow  # every model rule in every dtype
 def test_the_fixed_apply_lora_passes_the_whole_model_check_on_a_tiny_qwen3(cli, tiny_qwen3_dir):
     code, data = _fixed(cli, tiny_qwen3_dir, f"{MINIMIND}:apply_lora_default_args")
     assert code == 0, [f["message"] for f in data["findings"] if f["severity"] == "error"]

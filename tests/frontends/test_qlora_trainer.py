@@ -39,6 +39,7 @@ def textbook_qlora(model_dir):
                                             task_type="CAUSAL_LM"))
 
 
+@pytest.mark.slow  # a 4-bit base trained by a real Trainer
 def test_the_textbook_qlora_trainer_trains_with_the_callback_and_no_false_stop(
         tmp_path, qwen3_tokenizer, tiny_qwen3_dir):
     from transformers import Trainer

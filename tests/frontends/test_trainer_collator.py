@@ -70,6 +70,7 @@ def test_a_collator_that_pads_the_datasets_labels_trains(tmp_path, qwen3_tokeniz
     assert _statuses(callback.report)["LD118"] == "pass"
 
 
+@pytest.mark.slow  # TRL's SFTTrainer with packing, a step
 def test_trl_packing_is_judged_sample_by_sample_and_its_attention_measured(
         tmp_path, qwen3_tokenizer, tiny_qwen3_dir):
     from datasets import Dataset
@@ -98,6 +99,7 @@ def test_trl_packing_is_judged_sample_by_sample_and_its_attention_measured(
     assert masking["samples_by_own_tokens"] == masking["samples"]
 
 
+@pytest.mark.slow  # two real Trainers
 def test_a_flattening_collator_trains_clean_and_an_all_ones_mask_is_stopped(
         tmp_path, qwen3_tokenizer, tiny_qwen3_dir):
     from transformers import Trainer
@@ -118,6 +120,7 @@ def test_a_flattening_collator_trains_clean_and_an_all_ones_mask_is_stopped(
     assert bad[1] == ["LD120"] and bad[2] <= 1
 
 
+@pytest.mark.slow  # a real Trainer
 def test_collating_the_dataset_again_leaves_the_trained_batches_as_they_were(
         tmp_path, qwen3_tokenizer, tiny_qwen3_dir):
     """A shuffled run whose collator draws random numbers sees the same batches, and ends

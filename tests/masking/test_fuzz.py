@@ -47,6 +47,7 @@ def fuzz_findings(report) -> list[dict]:
     return [f for f in report["findings"] if f["location"] and f["location"].startswith("--fuzz")]
 
 
+@pytest.mark.slow  # a fuzz search over generated conversations
 @pytest.mark.parametrize("spec,n,extra,codes", CASES, ids=[c[0].split(":")[0] for c in CASES])
 def test_fuzz_finds_what_the_fixture_file_hides_and_the_shrunk_record_reproduces_it(
         check, tmp_path, spec, n, extra, codes):
@@ -77,6 +78,7 @@ def test_fuzz_finds_what_the_fixture_file_hides_and_the_shrunk_record_reproduces
         assert first["code"] in {f["code"] for f in again["findings"]}, again["findings"]
 
 
+@pytest.mark.slow  # a fuzz search over generated conversations
 def test_fuzz_shrinks_to_the_smallest_conversation(check):
     _, report = check(CHATS, "empty_reply.py:find_replies", "--fuzz", "20")
     (ld115,) = [f for f in report["findings"] if f["code"] == "LD115"]
@@ -91,6 +93,7 @@ def test_fuzz_shrinks_to_the_smallest_conversation(check):
     assert replies[0] == "\n" and ld111["evidence"]["turns"] == 4
 
 
+@pytest.mark.slow  # a fuzz search over generated conversations
 def test_a_correct_labelling_function_survives_500_generated_conversations(check):
     code, report = check(CHATS, "correct.py:generation_mask", "--fuzz", "500")
     assert code == 0 and not report["findings"], report["findings"]
@@ -99,6 +102,7 @@ def test_a_correct_labelling_function_survives_500_generated_conversations(check
     assert ld115["summary"].startswith("500 of 500 generated conversations judged")
 
 
+@pytest.mark.slow  # three fuzz searches
 def test_the_same_seed_finds_the_same_records_and_another_seed_searches_elsewhere(check):
     def records(seed):
         _, report = check(CHATS, "special_text.py:by_markup", "--fuzz", "60", "--seed", seed)
@@ -110,6 +114,7 @@ def test_the_same_seed_finds_the_same_records_and_another_seed_searches_elsewher
     assert records("8") != first
 
 
+@pytest.mark.slow  # a fuzz search over generated conversations
 @pytest.mark.usefixtures("private_tempdir")
 def test_fuzz_writes_nothing_in_the_working_directory_and_cleans_its_temporary_files(
         check, tmp_path, monkeypatch):
@@ -144,6 +149,7 @@ def test_fuzz_without_a_dataset_or_with_a_negative_count_is_a_usage_error(cli,
     assert result.code == 2 and "--fuzz -3" in result.err
 
 
+@pytest.mark.slow  # a fuzz search over generated conversations
 def test_fuzz_failures_show_in_the_doctor_view_with_a_token_view(cli, qwen3_tokenizer_dir):
     result = cli("check-dataset", CHATS, "--tokenizer", qwen3_tokenizer_dir, "--dataset",
                  f"{FUZZ / 'in_context.py'}:HeaderSearch", "--fuzz", "40")

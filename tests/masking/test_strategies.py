@@ -80,6 +80,7 @@ def test_every_drawn_conversation_renders_and_the_oracle_agrees_with_the_templat
     check()
 
 
+@pytest.mark.slow  # writes and loads a tokenizer variant, then a property search
 def test_a_template_that_refuses_system_turns_gets_none_and_strict_alternation(
         strict_tokenizer):
     orders = role_orders(strict_tokenizer)

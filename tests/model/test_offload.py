@@ -60,6 +60,7 @@ def triples(report, prefix=("LD2", "LD4")):
                   if f.code.startswith(prefix))
 
 
+@pytest.mark.slow  # two check-model runs, one offloaded to disk
 def test_the_value_rules_agree_with_the_normal_run_with_the_layers_on_disk(tiny_qwen3_dir):
     normal = loradoctor.check(model=tiny_qwen3_dir, apply=apply_random_b, device="cpu",
                               select="LD2,LD4")
@@ -81,6 +82,7 @@ def test_the_value_rules_agree_with_the_normal_run_with_the_layers_on_disk(tiny_
     assert b.evidence["max_abs_diff"] == pytest.approx(a.evidence["max_abs_diff"], rel=1e-5)
 
 
+@pytest.mark.slow  # check-model with the layers offloaded to disk
 def test_the_closure_bug_is_the_same_ld201_with_the_layers_on_disk(cli, tiny_qwen3_dir):
     spec = f"{LORA}/ld201.py:bad"
     _, normal = check_model(cli, tiny_qwen3_dir, spec, "--device", "cpu", select="LD2,LD401")
@@ -127,6 +129,7 @@ def test_adapters_created_on_an_offloaded_meta_weight_fall_back_to_static_mode(
     assert status["LD201"] == "pass" and status["LD401"] == "skip"
 
 
+@pytest.mark.slow  # check-model with the layers offloaded to disk
 @pytest.mark.usefixtures("private_tempdir")
 def test_the_offload_folder_is_removed_after_the_run(tiny_qwen3_dir):
     before = set(Path(tempfile.gettempdir()).glob("loradoctor-offload-*"))

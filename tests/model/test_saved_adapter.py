@@ -136,6 +136,7 @@ def test_renamed_layers_name_the_nearest_real_key(cli, adapters, tiny_qwen3_dir,
     assert "nearest real key 'base_model.model.model.layers.0.self_attn." in finding["message"]
 
 
+@pytest.mark.slow  # the users' files are trained and saved first
 def test_a_users_file_saved_from_ddp_is_an_error_and_its_own_save_is_clean(cli, user_files,
                                                                           tiny_qwen3_dir):
     apply = f"{LORA / 'ld510_user.py'}:apply_lora"
@@ -256,6 +257,7 @@ def test_evenly_trained_layers_pass_ld514(cli, adapters, tiny_qwen3_dir):
 # --- LD516 merged-adapter-differs ---------------------------------------------------------
 
 
+@pytest.mark.slow  # the users' files are trained and saved first
 def test_a_bias_in_a_makes_the_merged_adapter_differ(cli, user_files, tiny_qwen3_dir):
     code, data = _check(cli, user_files["bias:save_lora"], tiny_qwen3_dir,
                         "--apply", f"{LORA / 'ld516_user.py'}:apply_lora")
@@ -301,6 +303,7 @@ def test_json_output_is_one_object_through_the_real_process(cli_subprocess, adap
 # --- the reference run --------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a reference run
 def test_the_ddp_reference_run_serves_the_base_and_check_adapter_names_it():
     from loradoctor.reference.adapter import run_ddp_adapter
     outcome = run_ddp_adapter()
