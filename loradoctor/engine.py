@@ -62,8 +62,16 @@ def run_rule(rule: Rule, ctx: Any) -> CheckResult:
 
 def run(command: str, rules: Iterable[Rule], ctx: Any,
         on_progress: Callable[[Rule], None] | None = None) -> Report:
-    """Run `rules` in order on `ctx`; the context's own summary figures join the report's."""
+    """Run `rules` in order on `ctx`; the context's own summary figures join the report's.
+
+    The context is told which rules will run (`planned_rules`, their codes), so that a
+    measurement a later rule needs anyway can serve an earlier one (LD401 and the numerics)."""
     report = Report(command)
+    rules = list(rules)
+    try:
+        ctx.planned_rules = frozenset(r.code for r in rules)
+    except AttributeError:  # a context that takes no attributes: nothing is shared
+        pass
     for rule in rules:
         if on_progress:
             on_progress(rule)

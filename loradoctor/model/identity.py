@@ -1,5 +1,8 @@
 """Identity start: one forward of the adapted model on the probe batch against the base logits.
 
+When the run measures the numerics anyway and the model is all fp32, that forward is the
+numerics' fp32 pass (`numerics.figures.shared_fp32_logits`): the same eval-mode computation.
+
 LD401 reads it (and LD403, LD201 for the forward's error). Only when the start is not an
 identity, a second forward with hooks on every adapted layer says which layers already add
 something. Runs inside `safety.preserved`: the user's model comes back exactly as it was.
@@ -14,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .memory import releasing
+from .numerics.figures import shared_fp32_logits
 from .quantized import quant_kind
 from .quantized_state import own_output
 from .safety import preserved
@@ -50,10 +54,11 @@ def _adapted_forward(ctx) -> ForwardResult:
     model = ctx.adapted
     res = ForwardResult(base_max_abs=float(base.abs().max()),
                         rtol=tol(IDENTITY_RTOL, model_dtype(ctx)))
+    shared = shared_fp32_logits(ctx)  # the numerics' fp32 pass, when it is this very forward
     with preserved(model, seed=ctx.seed), torch.no_grad():
         model.eval()
         try:
-            adapted = logits(model, ctx.probe, ctx.convention)
+            adapted = shared if shared is not None else logits(model, ctx.probe, ctx.convention)
         except Exception as exc:  # noqa: BLE001 - explained by LD201/LD401
             res.error = one_line(exc)
             return res

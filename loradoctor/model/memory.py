@@ -7,6 +7,12 @@ modules) wait for the cyclic collector, and glibc keeps freed heap pages, so the
 measurement's peak stacks on top of the last one's leftovers. Measured on SmolLM2-135M
 (bench/bench_memory.py), releasing after each measurement takes the whole check-model
 process's peak from about 1.3x to about 1.1x that of a process running one training step.
+
+A full collection walks every object the process tracks (about 500,000 with torch,
+transformers and a PEFT model loaded: 0.27 s each time on a 2-core CPU). The cycles worth
+collecting are the measurement's own, so the objects that existed before the outermost
+measurement began are frozen for its duration (`gc.freeze`) and the collection at its end
+walks only what it created; they are unfrozen afterwards, back in the oldest generation.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import gc
 import sys
 
 _LIBC = None
+_DEPTH = 0  # measurements under way (they nest): the outermost one freezes and unfreezes
 
 
 def _libc():
@@ -41,13 +48,23 @@ def release() -> None:
 
 
 def releasing(fn):
-    """Decorate a measurement so that `release()` runs when it returns (or raises)."""
+    """Decorate a measurement so that `release()` runs when it returns (or raises), collecting
+    only the objects created since the outermost measurement began."""
     import functools
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        global _DEPTH
+        # A process that froze objects itself keeps them frozen: it gets full collections.
+        outermost = _DEPTH == 0 and gc.get_freeze_count() == 0
+        if outermost:
+            gc.freeze()
+        _DEPTH += 1
         try:
             return fn(*args, **kwargs)
         finally:
+            _DEPTH -= 1
             release()
+            if outermost:
+                gc.unfreeze()
     return wrapper
