@@ -166,6 +166,8 @@ def merge_not_equivalent(ctx) -> Outcome:
     _skip_if_broken(ps)
     if ps.fresh_error:
         raise SkipCheck(f"no fresh copy to merge into: {ps.fresh_error} (see LD501)")
+    if ps.merge_unmeasured:
+        raise SkipCheck(ps.merge_unmeasured)
     if ps.merge_error:
         return Outcome([merge_not_equivalent.finding(
             f"merging W + scaling * B @ A into the base weights failed: {ps.merge_error}",

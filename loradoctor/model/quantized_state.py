@@ -108,12 +108,22 @@ def _output_caster(module: nn.Module, args, output):
 
 def own_output(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A quantized layer's output on `x` by its own kernel, in training mode for the call (as
-    the adapted layer around it computes its base part), without a graph."""
+    the adapted layer around it computes its base part), without a graph.
+
+    The kernel is the layer class's own forward: a forward set on the instance (a hand-written
+    LoRA that patches `module.forward`) adds the adapter, which is what the caller compares the
+    layer's output with. accelerate's placement hook, where there is one, still moves the
+    input and the weights as it does in training."""
+    forward = type(layer).forward
+    hook = getattr(layer, "_hf_hook", None)
     mode = layer.training
     layer.training = True
     try:
         with torch.no_grad():
-            return layer(x)
+            if hook is None:
+                return forward(layer, x)
+            args, kwargs = hook.pre_forward(layer, x)
+            return hook.post_forward(layer, forward(layer, *args, **kwargs))
     finally:
         layer.training = mode
 

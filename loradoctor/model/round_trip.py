@@ -6,7 +6,9 @@ built and saved; a fresh copy rebuilt from disk with the user's own code, the st
 into it (and, when the apply module defines one, through the user's own save/load pair);
 then `W + scaling * B @ A` merged into its base weights. A quantized base (QLoRA) is merged
 dequantized: the fresh copy's quantized layers become fp32 layers holding their dequantized
-weights, and the merge's requantization is measured on top (`quantized_merge`, for LD502).
+weights, the merge is compared with the adapters unmerged on those same weights (a quantized
+kernel computes otherwise: LLM.int8 on a GPU quantizes the activations too, which no merge
+could reproduce), and the merge's requantization is measured on top (`quantized_merge`).
 Everything that perturbs runs inside `safety.preserved`, so the user's model comes back exactly
 as it was.
 
@@ -62,6 +64,7 @@ class Persistence:
     merge_scaling: dict[str, float] = field(default_factory=dict)  # per adapter
     merge_scaling_source: str = "declared"
     merge_error: str | None = None
+    merge_unmeasured: str | None = None  # why the merge cannot be rebuilt (LD502 skips)
     requantization: Requantization | None = None  # a quantized base: the merge requantized
 
 
@@ -228,15 +231,20 @@ def _merge_measured(copy: _FreshCopy, scaling: dict, res: Persistence) -> None:
         _merge(copy, scaling, res)
         return
     found = discover(copy.model).adapters  # the same adapters, on the fp32 layers now
-    copy.adapters = dict(zip(adapter_keys(found), found))
-    for k in copy.keys:  # unmerged: the saved A, B zero, on the dequantized base
-        if k in copy.adapters:
-            A, B = copy.perturbed[k]
-            fa = copy.adapters[k]
-            fa.set_factors(A.to(fa.A.device, fa.A.dtype),
-                           torch.zeros_like(B).to(fa.B.device, fa.B.dtype))
+    before, copy.adapters = copy.adapters, dict(zip(adapter_keys(found), found))
+    lost = [k for k in before if k not in copy.adapters]
+    if lost:  # adapters held inside a quantized layer, called from its patched forward
+        res.merge_unmeasured = (
+            f"{len(lost)} adapters live inside the quantized layers they adapt (their forward "
+            f"patched per instance), so no dequantized copy of those layers can run them; "
+            f"merge into a base loaded in bf16 or fp32 to measure it")
+        return
+    _set_saved_factors(copy, keep_b=True)  # the adapters as saved, on the dequantized base
+    adapted = logits(copy.model, copy.probe, copy.conv).float()  # (B, T, V)
+    _set_saved_factors(copy, keep_b=False)  # the base alone: the saved A, B zero
     unmerged = logits(copy.model, copy.probe, copy.conv).float()  # (B, T, V)
-    merged = _merge(copy, scaling, res)
+    merged = _merge(copy, scaling, res, reference=adapted)
+    del adapted
     originals = {id(linear): layer for linear, layer in replaced.values()}
     layers = [(fa.base, originals[id(fa.base)]) for k, fa in copy.adapters.items()
               if id(fa.base) in originals and fa.layer_type == "linear"]
@@ -245,9 +253,21 @@ def _merge_measured(copy: _FreshCopy, scaling: dict, res: Persistence) -> None:
                                             unmerged, merged)
 
 
-def _merge(copy: _FreshCopy, scaling: dict, res: Persistence) -> torch.Tensor | None:
+def _set_saved_factors(copy: _FreshCopy, keep_b: bool) -> None:
+    """Each adapter of the fresh copy set to the saved A and B (or B zero)."""
+    for k in copy.keys:
+        if k in copy.adapters:
+            A, B = copy.perturbed[k]
+            fa = copy.adapters[k]
+            fa.set_factors(A.to(fa.A.device, fa.A.dtype),
+                           (B if keep_b else torch.zeros_like(B)).to(fa.B.device, fa.B.dtype))
+
+
+def _merge(copy: _FreshCopy, scaling: dict, res: Persistence,
+           reference: torch.Tensor | None = None) -> torch.Tensor | None:
     """W + scaling * B @ A into the fresh copy's base weights, adapters zeroed, then its
-    logits against the saved model's; returns those logits (None when the merge failed)."""
+    logits against `reference` (the saved model's, unless given); returns those logits (None
+    when the merge failed)."""
     try:
         for k, a in zip(copy.keys, copy.saved):
             fa = copy.adapters.get(k)
@@ -260,7 +280,7 @@ def _merge(copy: _FreshCopy, scaling: dict, res: Persistence) -> torch.Tensor | 
             fa.set_factors(A.to(fa.A.device, fa.A.dtype),
                            torch.zeros_like(B).to(fa.B.device, fa.B.dtype))
         merged = logits(copy.model, copy.probe, copy.conv).float()  # (B, T, V)
-        res.merge_diff = max_abs_diff(merged, copy.reference)
+        res.merge_diff = max_abs_diff(merged, copy.reference if reference is None else reference)
         return merged
     except Exception as exc:  # noqa: BLE001
         res.merge_error = one_line(exc)

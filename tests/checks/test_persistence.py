@@ -150,6 +150,41 @@ def test_a_merge_into_a_4bit_base_requantizes_the_adapter_away(cli, qlora_base_d
     assert data["summary"]["quantized_base"]["prepared_for_kbit_training"] is True
 
 
+def _merge_diff(summary: str) -> float:
+    """'... (logits max |diff| 2.4e-07 <= 1.0e-03) ...' -> 2.4e-07."""
+    return float(summary.split("max |diff| ", 1)[1].split()[0])
+
+
+def test_the_merge_into_a_quantized_base_is_measured_against_the_same_dequantized_weights(
+        cli, qlora_base_dirs):
+    """Merged and unmerged logits both come from the dequantized base: what the quantized kernel
+    computes otherwise (bf16 compute in 4-bit; on a GPU, LLM.int8 quantizing the activations
+    too) is no merge error. fp32 against fp32 on the same weights agree to rounding."""
+    for loader in ("bad", "good"):  # 4-bit NF4 computing in bf16, 8-bit
+        code, data = check(cli, f"{LORA / 'ld502_quantized.py'}:{loader}", None, "--model-arg",
+                           f"path={qlora_base_dirs['w64']}", "--peft",
+                           "r=8,lora_alpha=16,target_modules=all-linear")
+        summary = {c["code"]: c["summary"] for c in data["checks"]}["LD502"]
+        assert code == 0 and _merge_diff(summary) < 1e-4, summary
+
+
+def test_a_hand_written_lora_on_a_4bit_base_is_measured_and_its_merge_skipped_with_why(
+        cli, qlora_base_dirs):
+    """The MiniMind-style patch (`module.forward` replaced per instance) on 4-bit layers: every
+    layer adds its adapter (LD204 compares with the kernel's own forward, not the patched one);
+    the adapters live inside the quantized layers, so no dequantized copy can run them, and
+    LD502 says so instead of passing on a copy without adapters."""
+    code, data = check(cli, f"{LORA / 'ld502_quantized.py'}:bad", f"{LORA / 'ld502.py'}:good",
+                       "--model-arg", f"path={qlora_base_dirs['w64']}", select="LD2,LD4,LD5")
+    statuses = {c["code"]: c["status"] for c in data["checks"]}
+    summary = {c["code"]: c["summary"] for c in data["checks"]}
+    assert code == 0 and not [f for f in data["findings"] if f["severity"] != "info"], \
+        data["findings"]
+    assert statuses["LD204"] == "pass" and statuses["LD501"] == "pass"
+    assert statuses["LD502"] == "skip"
+    assert summary["LD502"].startswith("14 adapters live inside the quantized layers they adapt")
+
+
 def test_a_merge_into_an_8bit_base_keeps_the_adapter(cli, qlora_base_dirs):
     code, data = check(cli, f"{LORA / 'ld502_quantized.py'}:good", None, "--model-arg",
                        f"path={qlora_base_dirs['w64']}", "--peft",
