@@ -396,7 +396,12 @@ def fp16_gradient_out_of_range(ctx) -> Outcome:
     est = scaler_estimate(m, opts)  # what a GradScaler would keep of the fp32 gradients
     grad_peak = m.fp32_grad_peak
     frac = p16.grad_lost_fraction
-    worst = sorted(p16.grad_lost_by_param.items(), key=lambda kv: -kv[1])[: opts.top_modules]
+    # Ties (often every value of a layer lost) go to the parameter first in the model: the
+    # order gradients arrive in differs between devices (measured: a GPU named k_proj where
+    # the CPU named q_proj, both 100% lost).
+    order = {name: i for i, (name, _) in enumerate(ctx.adapted.named_parameters())}
+    worst = sorted(p16.grad_lost_by_param.items(),
+                   key=lambda kv: (-kv[1], order.get(kv[0], len(order))))[: opts.top_modules]
     evidence = {"lost": p16.grad_lost, "nonzero_fp32": p16.grad_nonzero_fp32,
                 "loss_fp32": m.fp32.loss, "loss_computed_in_fp16": p16.loss_in_dtype,
                 "lost_fraction": frac, "nonfinite": p16.grad_nonfinite,
