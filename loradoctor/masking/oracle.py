@@ -126,6 +126,8 @@ class Oracle:
 
     def encode(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
         """Token ids and character offsets, as `tokenizer(text, add_special_tokens=False)`."""
+        if not texts:
+            return []
         if self.backend is not None:
             # The backend's padding and truncation are state that persists after a call: the
             # user's dataset code (`tokenizer(text, padding="max_length", max_length=N)`) or
@@ -151,8 +153,12 @@ class Oracle:
     def samples(self, conversations: list[list[dict]]) -> list[OracleSample | Truth]:
         """The oracle for a batch: an `OracleSample`, or the `Truth` alone when rendering failed."""
         truths = [self.truth(m) for m in conversations]
-        ok = [t for t in truths if t.error is None]
-        encoded = iter(self.encode([t.text for t in ok])) if ok else iter(())
+        return self.assemble(truths, self.encode(rendered_texts(truths)))
+
+    def assemble(self, truths: list[Truth], encoded: list) -> list[OracleSample | Truth]:
+        """Each rendered truth with its (ids, offsets) from `encode(rendered_texts(truths))`;
+        a truth whose rendering failed stays alone."""
+        encoded = iter(encoded)
         return [self.map_tokens(t, *next(encoded)) if t.error is None else t for t in truths]
 
     def sample(self, messages: list[dict]) -> OracleSample | Truth:
@@ -181,6 +187,11 @@ class Oracle:
 
 
 # --- locating the assistant bodies ---------------------------------------------------
+
+
+def rendered_texts(truths: list[Truth]) -> list[str]:
+    """The texts of the truths that rendered, in order: what `Oracle.encode` takes."""
+    return [t.text for t in truths if t.error is None]
 
 
 def locate_verbatim(text: str, messages: list[dict], facts: TemplateFacts) -> Truth | None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .oracle import Oracle, OracleSample, Truth
+from .oracle import Oracle, OracleSample, Truth, rendered_texts
 
 MAX_LINES = 1000  # line numbers kept per kind of problem; the count is always exact
 MAX_ERRORS = 20  # distinct render error messages kept
@@ -163,6 +163,32 @@ def process(oracle: Oracle, batch: list[tuple[int, list[dict]]],
     return stats
 
 
+def overlapped(oracle: Oracle, batches: Iterable, max_length: int | None, stats: DataStats,
+               advance) -> None:
+    """One process, two halves of the work at once: each chunk's batched encoding runs in a
+    thread (the Rust tokenizer releases the GIL) while this thread reads and renders the next
+    chunk and measures the last one. Only that thread touches the tokenizer, one call at a
+    time; rendering uses the template alone. Same statistics as `process` chunk by chunk."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def finish(batch, truths, encoding) -> None:
+        samples = oracle.assemble(truths, encoding.result())
+        for (line, _), sample in zip(batch, samples):
+            stats.add(line, sample, max_length)
+        advance(len(batch))
+
+    pending = None
+    with ThreadPoolExecutor(1, thread_name_prefix="loradoctor-encode") as pool:
+        for batch in batches:
+            truths = [oracle.truth(messages) for _, messages in batch]
+            encoding = pool.submit(oracle.encode, rendered_texts(truths))
+            if pending is not None:
+                finish(*pending)
+            pending = (batch, truths, encoding)
+        if pending is not None:
+            finish(*pending)
+
+
 def chunks(records: Iterable, size: int | None = None) -> Iterator[list[tuple[int, list[dict]]]]:
     """Readable conversations as `(line, messages)` lists of `size` (unreadable ones: LD100)."""
     size = size or CHUNK
@@ -224,9 +250,7 @@ def scan(oracle: Oracle, records: Iterable, max_length: int | None = None, worke
     """Measure every readable conversation in `records` (streamed, chunked)."""
     stats = DataStats()
     if workers <= 1:
-        for batch in chunks(records):
-            stats.merge(process(oracle, batch, max_length))
-            advance(len(batch))
+        overlapped(oracle, chunks(records), max_length, stats, advance)
         return stats
     methods = multiprocessing.get_all_start_methods()
     mp = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
