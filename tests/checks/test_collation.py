@@ -68,6 +68,7 @@ def test_ld118_with_the_library_class_and_its_arguments(check):
     assert evidence["eot_masked"] == 24 and evidence["prompt_trained"] > 0
 
 
+@pytest.mark.slow  # 1.5 to 4 s, measured in the day-to-day lane
 def test_a_collator_class_that_cannot_be_built_is_an_input_error(cli, qwen3_tokenizer_dir):
     result = cli("check-dataset", PERSONA, "--tokenizer", qwen3_tokenizer_dir,
                  "--dataset", f"{LD118}:PaddedChats",

@@ -136,6 +136,7 @@ def test_ld108_without_a_dataset_only_notes_that_pad_is_the_end_of_turn_token(ch
     assert "LD108" not in found
 
 
+@pytest.mark.slow  # 1.5 to 4 s, measured in the day-to-day lane
 def test_ld109_without_a_dataset_notes_a_template_that_writes_bos_for_a_bos_adding_tokenizer(
         check):
     code, found, _ = check(PERSONA, "llama3")
@@ -158,6 +159,7 @@ def test_ld111_without_a_dataset_counts_replies_that_merge_with_the_header(check
     assert f["evidence"]["turns"] == 4 and f["evidence"]["lines"] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow  # 1.5 to 4 s, measured in the day-to-day lane
 def test_ld112_reports_records_a_strict_template_refuses_with_their_lines(check):
     code, found, report = check(MASKING / "system_and_repeats.jsonl", "strict")
     assert code == 1 and found["LD112"] == ["error", "error"]
@@ -170,6 +172,7 @@ def test_ld112_reports_records_a_strict_template_refuses_with_their_lines(check)
     assert code == 0 and "LD112" not in found
 
 
+@pytest.mark.slow  # 1.5 to 4 s, measured in the day-to-day lane
 def test_ld113_flags_a_template_variable_the_tokenizer_does_not_have(check):
     code, found, report = check(PERSONA, "llama3-no-bos")
     assert "warning" in found["LD113"]

@@ -178,6 +178,7 @@ def test_a_missing_tokenizer_directory_and_a_hub_id_exit_2(cli):
     )
 
 
+@pytest.mark.slow  # 1.5 to 4 s, measured in the day-to-day lane
 def test_a_tokenizer_without_a_chat_template_exits_2(cli, qwen3_tokenizer_dir, tmp_path):
     plain = tmp_path / "no-template"
     shutil.copytree(qwen3_tokenizer_dir, plain)

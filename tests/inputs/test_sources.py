@@ -158,6 +158,7 @@ def test_sharegpt_and_openai_turns_in_one_table_are_both_read(cli, qwen3_tokeniz
                                                   "messages": 1}
 
 
+@pytest.mark.slow  # 1.5 to 4 s, measured in the day-to-day lane
 def test_token_rows_in_parquet_are_checked_with_tokenized(cli, qwen3_tokenizer_dir, tmp_path,
                                                          recs):
     from loradoctor.inputs.specs import load_spec

@@ -186,6 +186,7 @@ def test_a_row_cut_inside_a_reply_is_an_ld107_warning(tokenized, good_rows, rows
     assert "inside an assistant turn" in ld107["message"]
 
 
+@pytest.mark.slow  # 1.5 to 4 s, measured in the day-to-day lane
 def test_a_doubled_bos_is_ld109_and_only_ld109(tokenized, rows_kit, qwen3_tokenizer_dir,
                                                tmp_path, variants):
     """A Llama-3-style tokenizer: its template writes <|begin_of_text|> and tokenizer(text)

@@ -126,6 +126,7 @@ PROPERTY = settings(max_examples=120, deadline=None,
 
 @PROPERTY
 @given(messages=conversations())
+@pytest.mark.slow  # 1.5 to 4 s, measured in the day-to-day lane
 def test_qwen3_supervised_tokens_decode_to_the_assistant_bodies(qwen3_tokenizer, qwen3_oracle,
                                                                 messages):
     check_property(qwen3_tokenizer, qwen3_oracle, messages, qwen3_bodies(messages))
@@ -159,6 +160,7 @@ def test_qwen3_history_rewriting_is_detected_and_followed(qwen3_tokenizer, qwen3
     assert sample.truth.rewritten == [1]  # the first reply lost its reasoning
 
 
+@pytest.mark.slow  # over a second, measured in the day-to-day lane
 def test_the_generation_mask_is_used_and_agrees_with_the_rendered_text(qwen3_tokenizer_dir):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(qwen3_tokenizer_dir)
@@ -181,6 +183,7 @@ def test_the_generation_mask_is_used_and_agrees_with_the_rendered_text(qwen3_tok
     assert all(sample.ids[i] == tok.convert_tokens_to_ids("Ċ") for i in differ) and differ
 
 
+@pytest.mark.slow  # over a second, measured in the day-to-day lane
 def test_a_template_that_refuses_a_conversation_is_reported_not_raised(qwen3_tokenizer_dir):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(qwen3_tokenizer_dir)
@@ -195,6 +198,7 @@ def test_a_template_that_refuses_a_conversation_is_reported_not_raised(qwen3_tok
     assert "System role not supported" in truth.error
 
 
+@pytest.mark.slow  # over a second, measured in the day-to-day lane
 def test_replies_the_template_trims_are_found_by_rendering_prefixes(tokenizers):
     """Llama-3's template trims every content: not verbatim, so the prefix fallback runs."""
     from transformers import AutoTokenizer

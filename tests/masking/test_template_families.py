@@ -95,6 +95,7 @@ def test_correct_labels_are_clean_and_each_bug_is_caught_at_its_rule(
         assert summary(report, "LD110") == "40 of 40 samples match the template's ids"
 
 
+@pytest.mark.slow  # over a second, measured in the day-to-day lane
 def test_mistral_needs_no_generation_prompt(cli, family_dirs):
     """The reply follows `[/INST]` directly: a template without a generation prompt is normal,
     and nothing is said about it (issue 18: it was an LD112 warning under the wrong rule)."""
@@ -127,6 +128,7 @@ def test_gemma3_counts_the_system_text_in_the_first_user_turn_as_system(cli, fam
     assert ld103["evidence"]["tokens"]["system"] > 0 and ld103["evidence"]["tokens"]["user"] > 0
 
 
+@pytest.mark.slow  # 1.5 to 4 s, measured in the day-to-day lane
 def test_gemma2_refuses_a_system_message_and_is_clean_without(cli, family_dirs, tmp_path):
     code, report = check(cli, family_dirs["gemma2"])
     ld112 = [f for f in report["findings"] if f["code"] == "LD112"]
@@ -192,6 +194,7 @@ def test_tool_calls_and_results_on_qwen2_5(cli, family_dirs, tmp_path):
     assert ld103["evidence"]["tokens"]["tool"] > 0
 
 
+@pytest.mark.slow  # over a second, measured in the day-to-day lane
 def test_hermes_tool_use_template_needs_tools(cli, family_dirs):
     """Hermes 2 Pro's tool_use template iterates `tools`, which records without tools do not
     give (apply_chat_template(messages) raises the same): LD112 says so, nothing else does."""
@@ -200,6 +203,7 @@ def test_hermes_tool_use_template_needs_tools(cli, family_dirs):
     assert any("'NoneType' object is not iterable" in f["message"] for f in report["findings"])
 
 
+@pytest.mark.slow  # 1.5 to 4 s, measured in the day-to-day lane
 def test_prepared_token_rows_may_leave_the_think_block_out(cli, family_dirs, tmp_path):
     """`check-dataset --tokenized` on rows prepared the way Axolotl prepares them (the empty
     think block at -100): split into turns by the template's structure, and clean."""

@@ -91,6 +91,7 @@ def test_aliasing_and_identity_do_not_cost_a_model_forward_per_layer(tiny_llama_
         handle.remove()
 
 
+@pytest.mark.slow  # 1.5 to 4 s, measured in the day-to-day lane
 def test_the_probe_batch_comes_from_the_data_through_the_tokenizer(cli, tiny_qwen3_dir,
                                                                    qwen3_tokenizer_dir):
     result = cli("check-model", "--model", tiny_qwen3_dir, "--apply",

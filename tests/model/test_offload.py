@@ -117,6 +117,7 @@ def test_numerics_and_persistence_declare_they_cannot_run_offloaded():
             after.check(None)
 
 
+@pytest.mark.slow  # over a second, measured in the day-to-day lane
 def test_adapters_created_on_an_offloaded_meta_weight_fall_back_to_static_mode(
         cli, tiny_qwen3_dir):
     # lora_common.attach does LoRA(...).to(module.weight.device): meta for an offloaded layer.

@@ -123,6 +123,7 @@ def test_prefixed_keys_are_an_error_naming_the_pattern_and_the_fix(cli, adapters
     assert not found(data, "LD511") and not found(data, "LD513")
 
 
+@pytest.mark.slow  # over a second, measured in the day-to-day lane
 def test_renamed_layers_name_the_nearest_real_key(cli, adapters, tiny_qwen3_dir, tmp_path):
     from loradoctor.model.adapter_specimens import rewrite
     folder = rewrite(adapters["trained"], tmp_path / "renamed",
@@ -193,6 +194,7 @@ def test_a_nan_in_a_saved_tensor_is_an_error(cli, adapters, tiny_qwen3_dir):
 # --- LD513 adapter-disagrees-with-config --------------------------------------------------
 
 
+@pytest.mark.slow  # over a second, measured in the day-to-day lane
 def test_a_rank_that_disagrees_with_the_config_is_an_error(cli, adapters, tiny_qwen3_dir):
     code, data = _check(cli, adapters["rank_mismatch"], tiny_qwen3_dir)
     assert code == 1
@@ -232,6 +234,7 @@ def test_mixed_factor_dtypes_are_a_warning(cli, adapters, tiny_qwen3_dir, tmp_pa
 # --- LD514 adapter-update-outlier ---------------------------------------------------------
 
 
+@pytest.mark.slow  # 1.5 to 4 s, measured in the day-to-day lane
 def test_one_layer_whose_update_runs_away_is_warned_with_the_table(cli, adapters, tiny_qwen3_dir,
                                                                   tmp_path):
     from loradoctor.model.adapter_specimens import rewrite
@@ -313,6 +316,7 @@ def test_the_ddp_reference_run_serves_the_base_and_check_adapter_names_it():
     assert "serves logits max |diff| 0 from the base model: the base" in outcome.verdict[1]
 
 
+@pytest.mark.slow  # 1.5 to 4 s, measured in the day-to-day lane
 def test_the_python_api_checks_an_adapter(adapters, tiny_qwen3_dir):
     import loradoctor
     report = loradoctor.check(adapter=adapters["ddp_prefix"], model=tiny_qwen3_dir, device="cpu",

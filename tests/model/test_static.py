@@ -161,6 +161,7 @@ def test_adapters_created_on_the_cpu_next_to_a_meta_base_need_no_values_either(c
 # --- forcing it, and where it comes from -----------------------------------------------------
 
 
+@pytest.mark.slow  # over a second, measured in the day-to-day lane
 def test_static_forces_the_mode_on_a_model_with_weights(cli, tiny_qwen3_dir):
     code, data = run(cli, tiny_qwen3_dir, f"{MINIMIND}:apply_lora", "--static")
     assert code == 1 and found(data, "LD201", "error")
