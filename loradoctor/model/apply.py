@@ -19,10 +19,24 @@ from ..text import raised_at
 
 
 def apply_adapters(ctx, model=None):
-    """Run --apply/--peft on `model` (default: the context's base model, adapted in place)."""
+    """Run --apply/--peft on `model` (default: the context's base model, adapted in place).
+
+    For the context's own model, torch's RNG is seeded with the run's seed for the call (and
+    given back as it was after): the adapters' random start (A's init, PEFT's or the user's) is
+    the same in every run, so a report's figures are too. A fresh copy (`model` given) draws
+    from whatever its caller seeded: a start of its own, so that a load which leaves A out
+    shows."""
+    from .safety import rng_preserved
+
+    if model is not None:
+        return _adapt(ctx, model)
+    with rng_preserved(getattr(ctx, "seed", 0)):
+        return _adapt(ctx, ctx.base_model)
+
+
+def _adapt(ctx, model):
     import torch.nn as nn
 
-    model = ctx.base_model if model is None else model
     if ctx.peft_kwargs is not None:
         return _apply_peft(model, ctx.peft_kwargs)
     fn = ctx.apply_fn

@@ -117,7 +117,9 @@ def _persistence(ctx) -> Persistence:
         reference, user_error = saved
         res.logits_max_abs = float(reference.abs().max())
         try:  # the base model from disk, adapted again by the user's own code
-            with rng_preserved(ctx.seed), user_code():
+            # Seeded apart from the model's own adapters (built with ctx.seed): the fresh
+            # copy's random start must differ from the saved one for a lost A to show.
+            with rng_preserved(ctx.seed + 1), user_code():
                 fresh = ctx.fresh_adapted()
             found = discover(fresh).adapters
         except SkipCheck:

@@ -344,3 +344,19 @@ def test_every_record_shape_passes_ld100(cli, qwen3_tokenizer_dir, name):
     data = json.loads(result.out)
     assert result.code == 0 and data["findings"] == []
     assert data["checks"] == [{**data["checks"][0], "status": "pass"}]
+
+
+def test_check_model_gives_the_same_report_every_run(cli, tiny_llama_dir):
+    """The adapters' random start (PEFT's A here) is drawn from the run's seed: two runs of
+    the same command give the same figures, not only the same findings."""
+    import re
+    import torch
+
+    def report() -> str:
+        torch.manual_seed(torch.seed())  # whatever the process drew before
+        result = cli("check-model", "--model", tiny_llama_dir, "--peft",
+                     "r=4,lora_alpha=8,target_modules=all-linear", "--dtypes", "fp32",
+                     "--select", "LD4,LD5", "--json")
+        return re.sub(r'"(duration_s|seconds)": [0-9.e-]+', "", result.out)
+
+    assert report() == report()
