@@ -241,6 +241,10 @@ def _merge_measured(copy: _FreshCopy, scaling: dict, res: Persistence) -> None:
             f"patched per instance), so no dequantized copy of those layers can run them; "
             f"merge into a base loaded in bf16 or fp32 to measure it")
         return
+    if all(p.dtype == torch.float32 for p in copy.model.parameters() if p.is_floating_point()):
+        # Both sides now compute in fp32 on the same weights (QLoRA keeps the adapters, norms
+        # and embeddings in fp32): fp32's tolerance, not the quantized kernel's compute dtype.
+        res.merge_rtol = tol(MERGE_RTOL, torch.float32)
     _set_saved_factors(copy, keep_b=True)  # the adapters as saved, on the dequantized base
     adapted = logits(copy.model, copy.probe, copy.conv).float()  # (B, T, V)
     _set_saved_factors(copy, keep_b=False)  # the base alone: the saved A, B zero
