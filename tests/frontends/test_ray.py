@@ -63,16 +63,14 @@ def test_an_input_error_in_a_task_is_the_runs_input_error(local_ray, qwen3_token
         check_dataset(shards=2, data=tmp_path / "missing.jsonl", tokenizer=qwen3_tokenizer_dir)
 
 
-def test_the_one_command_runs_it_from_a_shell(data, qwen3_tokenizer_dir):
+def test_the_one_command_runs_it_from_a_shell(data, qwen3_tokenizer_dir, cli):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local instance
+    args = [str(data), "--tokenizer", str(qwen3_tokenizer_dir), "--dataset", CLASS,
+            "--select", "LD100,LD101", "--json"]
     proc = subprocess.run(
-        [sys.executable, "-m", "loradoctor.integrations.ray", "check-dataset", str(data),
-         "--tokenizer", str(qwen3_tokenizer_dir), "--dataset", CLASS, "--select", "LD100,LD101",
-         "--shards", "2", "--cpus-per-shard", "1", "--json"],
+        [sys.executable, "-m", "loradoctor.integrations.ray", "check-dataset", *args,
+         "--shards", "2", "--cpus-per-shard", "1"],
         capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
-    whole = subprocess.run(
-        [sys.executable, "-m", "loradoctor", "check-dataset", str(data), "--tokenizer",
-         str(qwen3_tokenizer_dir), "--dataset", CLASS, "--select", "LD100,LD101", "--json"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
-    assert proc.returncode == whole.returncode == 1, proc.stderr[-2000:]
-    assert comparable(proc.stdout) == comparable(whole.stdout)  # stdout: one JSON object
+    whole = cli("check-dataset", *args)  # the plain command, in-process
+    assert proc.returncode == whole.code == 1, proc.stderr[-2000:]
+    assert comparable(proc.stdout) == comparable(whole.out)  # stdout: one JSON object
