@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import sys
 import traceback
+import warnings
 
 from .version import __version__
 from .environment import quiet_libraries
@@ -79,17 +80,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     verbose = getattr(args, "verbose", False)
-    quiet_libraries()
-    try:
-        return _dispatch(args)
-    except InputError as exc:
-        if verbose:
-            traceback.print_exc()
-        print(f"loradoctor: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("loradoctor: interrupted", file=sys.stderr)
-        return 130
+    # The libraries' warnings are silenced for this run only: main() called in-process (a test,
+    # a notebook) hands the caller's warning filters back as it found them.
+    with warnings.catch_warnings():
+        quiet_libraries()
+        try:
+            return _dispatch(args)
+        except InputError as exc:
+            if verbose:
+                traceback.print_exc()
+            print(f"loradoctor: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("loradoctor: interrupted", file=sys.stderr)
+            return 130
 
 
 def _dispatch(args) -> int:

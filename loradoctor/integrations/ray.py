@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import os
 import sys
+import warnings
 from typing import Any
 
 from ..environment import OFFLINE, offline, quiet_libraries
@@ -125,21 +126,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest[1:])
     if args.shard:
         own.error("--shard: the shards are the Ray tasks here; give --shards N")
-    quiet_libraries()
-    # check-dataset's options, as `loradoctor check-dataset` passes them to the API.
-    inputs = options.api_kwargs(options.DATASET, args)
-    del inputs["command"], inputs["shard"]
-    output = Output.from_args(args, run_sources(inputs))
-    try:
-        output.check_html_path()
-        with contextlib.redirect_stdout(sys.stderr):  # Ray's and the tasks' chatter
-            report, title = _run(ours.shards, ours.cpus_per_shard, ours.address, inputs)
-        write_report(report, output, title=f"loradoctor {title} as Ray tasks",
-                     version=__version__)
-    except InputError as exc:
-        print(f"loradoctor: error: {exc}", file=sys.stderr)
-        return 2
-    return report.exit_code
+    # Silenced for this run only, as `loradoctor.cli.main` does.
+    with warnings.catch_warnings():
+        quiet_libraries()
+        # check-dataset's options, as `loradoctor check-dataset` passes them to the API.
+        inputs = options.api_kwargs(options.DATASET, args)
+        del inputs["command"], inputs["shard"]
+        output = Output.from_args(args, run_sources(inputs))
+        try:
+            output.check_html_path()
+            with contextlib.redirect_stdout(sys.stderr):  # Ray's and the tasks' chatter
+                report, title = _run(ours.shards, ours.cpus_per_shard, ours.address, inputs)
+            write_report(report, output, title=f"loradoctor {title} as Ray tasks",
+                         version=__version__)
+        except InputError as exc:
+            print(f"loradoctor: error: {exc}", file=sys.stderr)
+            return 2
+        return report.exit_code
 
 
 if __name__ == "__main__":

@@ -282,6 +282,17 @@ def test_rules_exits_0_and_an_unknown_code_2_through_the_real_process(cli_subpro
     assert unknown.out == ""
 
 
+def test_main_in_process_hands_back_the_callers_warning_filters(cli, qwen3_tokenizer_dir):
+    """The CLI silences the libraries' warnings for its run only: called in-process (a test, a
+    notebook), a global "ignore" left behind would hide the caller's later warnings."""
+    import warnings
+    before = list(warnings.filters)
+    result = cli("check-dataset", DATA / "persona.jsonl", "--tokenizer", qwen3_tokenizer_dir,
+                 "--select", "LD100")
+    assert result.code == 0, result.err
+    assert warnings.filters == before
+
+
 def test_usage_errors_exit_2(cli_subprocess):
     assert cli_subprocess("check-dataset").code == 2  # DATA and --tokenizer missing
     assert cli_subprocess("no-such-command").code == 2
