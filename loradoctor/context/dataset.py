@@ -283,12 +283,16 @@ class DatasetContext(Memo):
         return sources.records(self.data, start, stop)
 
     def rows(self):
-        """The token rows (a fresh iterator each call), when there are no conversations."""
+        """The token rows (a fresh iterator each call), when there are no conversations; a
+        packed row is one row per sample (batches are split as they are read)."""
         import itertools
 
         start, stop = self.span
         if self.batches_given is not None:
             return itertools.islice(token_rows.batch_rows(self.batches_given), start, stop)
+        return token_rows.unpacked(self._dataset_rows(start, stop))
+
+    def _dataset_rows(self, start: int, stop: int | None):
         if self.rows_given is not None:
             return sources.live_rows(self.rows_given, type(self.rows_given).__name__,
                                         start, stop)

@@ -13,7 +13,9 @@ the labels are what its collator would make of it (the ids where the mask is 1, 
 A packed batch row (TRL's `packing=True`, transformers' `DataCollatorWithFlattening`) holds
 several samples, its `position_ids` restarting at each (or its `cu_seq_lens_q` saying where):
 it is split there and each sample is a row of its own (`batch 0 row 0 sample 2`), its
-position ids kept on the row.
+position ids kept on the row. A packed row of a dataset (TRL's packed datasets carry
+`seq_lengths`, other packers `position_ids`) is split the same way by `unpacked`, each sample
+keeping its row's line (`data.jsonl:4 sample 2`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from .user_dataset import IGNORE_INDEX, Item, to_item
 MASK_KEYS = ("assistant_masks", "completion_mask")
 # Where a flattened batch says its samples start (transformers' and TRL's flash-attention kwargs).
 CU_SEQ_LENS = "cu_seq_lens_q"
+# The length of each sample in a row of TRL's packed datasets (`pack_dataset`, `packing=True`).
+SEQ_LENGTHS = "seq_lengths"
 
 
 @dataclass
@@ -40,6 +44,10 @@ class Row:
     problem: str | None = None
     positions: list[int] | None = None  # the row's (or packed sample's) position_ids
     sample: tuple[int, int] | None = None  # a packed row's sample: (its index, how many)
+    packed: list[tuple[int, int]] | None = None  # a packed dataset row's samples, not split yet
+    # A sample of a packed dataset row: the row's own location, which its line stands for (the
+    # row's samples share that line).
+    row_location: str | None = None
 
 
 def to_row(raw: Any, line: int, location: str) -> Row:
@@ -59,7 +67,42 @@ def to_row(raw: Any, line: int, location: str) -> Row:
         return Row(line, location, None, str(exc).removeprefix(f"{location} "))
     if made is not None:
         item.mask_from = made
-    return Row(line, location, item)
+    row = Row(line, location, item)
+    if isinstance(raw, Mapping):
+        row.positions = _list(raw["position_ids"]) if "position_ids" in raw else None
+        bounds = _packed_bounds(raw.get(SEQ_LENGTHS), row.positions, len(item.ids))
+        row.packed = bounds if len(bounds) > 1 else None
+    return row
+
+
+def _packed_bounds(seq_lengths: Any, positions: list[int] | None,
+                   length: int) -> list[tuple[int, int]]:
+    """A dataset row's samples: from TRL's `seq_lengths` where they add up to the row, else
+    where its position ids restart, else the whole row."""
+    if seq_lengths is not None:
+        lengths = _list(seq_lengths)
+        if len(lengths) > 1 and sum(lengths) == length and min(lengths) > 0:
+            cu = [0]
+            for n in lengths:
+                cu.append(cu[-1] + n)
+            return sample_bounds(None, length, cu)
+    return sample_bounds(positions, length)
+
+
+def unpacked(rows: Iterable[Row]) -> Iterator[Row]:
+    """The rows, a packed one (`Row.packed`) given as one row per sample: its slice of the
+    ids, labels and mask, at the row's line, located `... sample s`."""
+    for row in rows:
+        if not row.packed or row.item is None:
+            yield row
+            continue
+        item = row.item
+        for s, (start, end) in enumerate(row.packed):
+            attention = item.attention[start:end] if item.attention is not None else None
+            part = Item(item.ids[start:end], item.labels[start:end], attention, item.mask_from)
+            yield Row(row.line, f"{row.location} sample {s}", part,
+                      positions=row.positions[start:end] if row.positions else None,
+                      sample=(s, len(row.packed)), row_location=row.location)
 
 
 def _list(value: Any) -> list:

@@ -39,7 +39,8 @@ from .rows import Row, file_rows, to_row
 BATCH = 1024  # rows per record batch read from a table or a live dataset
 TABLE_SUFFIXES = (".parquet", ".arrow", ".feather", ".ipc")
 RECORD_COLUMNS = ("messages", "conversations", "prompt", "completion")
-ROW_COLUMNS = ("input_ids", "labels", "attention_mask", "assistant_masks", "completion_mask")
+ROW_COLUMNS = ("input_ids", "labels", "attention_mask", "assistant_masks", "completion_mask",
+               "position_ids", "seq_lengths")
 _GLOB_CHARS = set("*?[")
 
 

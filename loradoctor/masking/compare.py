@@ -366,8 +366,8 @@ def feed_rows(comparer: Comparer, rows, advance=lambda n=1: None) -> None:
                 res.row_problems.append((row.line, row.location, row.problem))
         else:
             comparer.add(row.line, row.location, row.item)
-        if len(res.locations) < MAX_ROW_PROBLEMS:
-            res.locations[row.line] = row.location  # "batch 0 row 1", "dataset[7]"
+        if len(res.locations) < MAX_ROW_PROBLEMS:  # "batch 0 row 1", "dataset[7]"
+            res.locations[row.line] = row.row_location or row.location
         advance(1)
 
 

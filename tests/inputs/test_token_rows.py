@@ -11,6 +11,7 @@ tokenizer; each rule gets a file of correct rows with one kind of mistake mixed 
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -134,6 +135,61 @@ def test_rows_with_every_label_masked_are_ld101(tokenized, good_rows, rows_kit):
     (ld101,) = found["LD101"]
     assert ld101["severity"] == "error" and ld101["evidence"]["lines"] == [1, 8]
     assert ld101["location"] == f"{path}:1"
+
+
+def _trl_packed(rows, seq_length):
+    """The rows as TRL's `SFTTrainer(packing=True)` holds its dataset: labels as TRL's assistant
+    mask, packed by TRL's own `pack_dataset` (best fit), each row carrying `seq_lengths`."""
+    datasets = pytest.importorskip("datasets")
+    trl_data = pytest.importorskip("trl.data_utils")
+    masked = [{"input_ids": r["input_ids"],
+               "assistant_masks": [int(y != -100) for y in r["labels"]]} for r in rows]
+    return trl_data.pack_dataset(datasets.Dataset.from_list(masked), seq_length=seq_length,
+                                 strategy="bfd")
+
+
+def _check_packed(cli, tokenizer_dir, packed, tmp_path, rows_kit):
+    """check-dataset --tokenized --json on the packed rows as a save_to_disk folder and as
+    JSON Lines: (path, exit code, report) of each."""
+    folder = tmp_path / "packed"
+    packed.save_to_disk(str(folder))
+    jsonl = rows_kit.write_jsonl(tmp_path / "packed.jsonl", [dict(r) for r in packed])
+    out = []
+    for path in (folder, jsonl):
+        result = cli("check-dataset", path, "--tokenizer", tokenizer_dir, "--tokenized",
+                     "--json")
+        assert result.code in (0, 1), result.err
+        out.append((path, result.code, json.loads(result.out)))
+    return out
+
+
+def test_trls_packed_rows_are_judged_sample_by_sample(cli, qwen3_tokenizer_dir, good_rows,
+                                                      rows_kit, tmp_path):
+    packed = _trl_packed(good_rows, seq_length=600)
+    assert len(packed) < len(good_rows)  # several conversations share a row
+    for _, code, data in _check_packed(cli, qwen3_tokenizer_dir, packed, tmp_path, rows_kit):
+        assert code == 0 and data["findings"] == []  # not one info: each sample is the template's
+        assert data["summary"]["masking"]["samples"] == 8
+        assert summary_of(data, "LD114") == ("8 of 8 rows checked follow the tokenizer's own "
+                                             "chat template")
+
+
+def test_one_unsupervised_conversation_inside_a_packed_row_is_ld101_at_its_sample(
+        cli, qwen3_tokenizer_dir, good_rows, rows_kit, tmp_path):
+    rows = list(good_rows)
+    rows[5] = rows_kit.nothing_supervised(rows[5])  # hidden in a row whose others supervise
+    packed = _trl_packed(rows, seq_length=600)
+    for path, code, data in _check_packed(cli, qwen3_tokenizer_dir, packed, tmp_path,
+                                          rows_kit):
+        found = by_code(data)
+        assert code == 1 and set(found) == {"LD101"}, data["findings"]
+        (ld101,) = found["LD101"]
+        assert ld101["message"].startswith("1 of 8 samples have no supervised token")
+        # The finding names the packed row's line; its token view, the sample inside it.
+        line = ld101["evidence"]["lines"][0]
+        assert ld101["location"] == f"{path}:{line}"
+        text = cli("check-dataset", path, "--tokenizer", qwen3_tokenizer_dir, "--tokenized").out
+        assert re.search(rf"{re.escape(str(path))}:{line} sample \d+\s+tokens 0-", text), text
 
 
 def test_labels_shifted_by_hand_are_ld106(tokenized, good_rows, rows_kit):
