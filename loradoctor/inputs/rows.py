@@ -78,7 +78,8 @@ def to_row(raw: Any, line: int, location: str) -> Row:
 def _packed_bounds(seq_lengths: Any, positions: list[int] | None,
                    length: int) -> list[tuple[int, int]]:
     """A dataset row's samples: from TRL's `seq_lengths` where they add up to the row, else
-    where its position ids restart, else the whole row."""
+    where its position ids restart at 0, else the whole row (position ids of a left-padded row,
+    1 1 1 0 1 2 ..., do not make its padding samples)."""
     if seq_lengths is not None:
         lengths = _list(seq_lengths)
         if len(lengths) > 1 and sum(lengths) == length and min(lengths) > 0:
@@ -86,7 +87,10 @@ def _packed_bounds(seq_lengths: Any, positions: list[int] | None,
             for n in lengths:
                 cu.append(cu[-1] + n)
             return sample_bounds(None, length, cu)
-    return sample_bounds(positions, length)
+    bounds = sample_bounds(positions, length)
+    if positions is None or any(positions[start] != 0 for start, _ in bounds):
+        return [(0, length)]
+    return bounds
 
 
 def unpacked(rows: Iterable[Row]) -> Iterator[Row]:

@@ -163,6 +163,25 @@ def _check_packed(cli, tokenizer_dir, packed, tmp_path, rows_kit):
     return out
 
 
+def test_a_dataset_rows_samples_come_from_seq_lengths_or_positions_restarting_at_0():
+    from loradoctor.inputs.rows import to_row, unpacked
+
+    ids = list(range(10))
+
+    def samples(**extra):
+        row = to_row({"input_ids": ids, "labels": ids, **extra}, 4, "data.jsonl:4")
+        return [(r.location, r.line, r.item.ids) for r in unpacked([row])]
+
+    assert samples(seq_lengths=[4, 6]) == [("data.jsonl:4 sample 0", 4, ids[:4]),
+                                           ("data.jsonl:4 sample 1", 4, ids[4:])]
+    assert [s[2] for s in samples(position_ids=[0, 1, 2, 0, 1, 2, 3, 0, 1, 2])] == \
+        [ids[:3], ids[3:7], ids[7:]]
+    whole = [("data.jsonl:4", 4, ids)]
+    assert samples(seq_lengths=[4, 5]) == whole  # lengths that do not add up to the row
+    assert samples(position_ids=[1, 1, 1, 0, 1, 2, 3, 4, 5, 6]) == whole  # left padding
+    assert samples(position_ids=list(range(10))) == whole
+
+
 def test_trls_packed_rows_are_judged_sample_by_sample(cli, qwen3_tokenizer_dir, good_rows,
                                                       rows_kit, tmp_path):
     packed = _trl_packed(good_rows, seq_length=600)
