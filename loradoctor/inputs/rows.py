@@ -20,6 +20,7 @@ keeping its row's line (`data.jsonl:4 sample 2`).
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -83,10 +84,7 @@ def _packed_bounds(seq_lengths: Any, positions: list[int] | None,
     if seq_lengths is not None:
         lengths = _list(seq_lengths)
         if len(lengths) > 1 and sum(lengths) == length and min(lengths) > 0:
-            cu = [0]
-            for n in lengths:
-                cu.append(cu[-1] + n)
-            return sample_bounds(None, length, cu)
+            return sample_bounds(None, length, list(itertools.accumulate(lengths, initial=0)))
     bounds = sample_bounds(positions, length)
     if positions is None or any(positions[start] != 0 for start, _ in bounds):
         return [(0, length)]
