@@ -24,10 +24,11 @@ SCRIPT = FIXTURES / "distributed" / "ddp_train.py"
 FSDP_NORM = FIXTURES / "distributed" / "fsdp_norm.py"
 
 
-def _torchrun(*args, script=SCRIPT, timeout: int = 600) -> tuple[int, str, dict[int, str]]:
-    """Run the script on 2 processes: (exit code, all output, each rank's ending line).
+def _torchrun(*args, script=SCRIPT, timeout: int = 600) -> tuple[int, str, str, dict[str, str]]:
+    """Run the script on 2 processes: (exit code, stdout, stderr, each rank's ending lines by
+    the name of their file, `rank<r>[-<job>]`).
 
-    Each rank writes its ending line to a file of its own (`LD_RANK_LINES`): the two processes
+    Each rank writes its ending lines to files of its own (`LD_RANK_LINES`): the two processes
     share one stdout, where one rank's line can land in the middle of the other's."""
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     with tempfile.TemporaryDirectory() as lines:
@@ -36,16 +37,37 @@ def _torchrun(*args, script=SCRIPT, timeout: int = 600) -> tuple[int, str, dict[
         proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2",
                                str(script), *map(str, args)], capture_output=True, text=True,
                               timeout=timeout, env=env, cwd=ROOT)
-        ranks = {int(f.stem.removeprefix("rank")): f.read_text()
-                 for f in Path(lines).glob("rank*.txt")}
-    return proc.returncode, proc.stdout + proc.stderr, ranks
+        ranks = {f.stem: f.read_text() for f in Path(lines).glob("rank*.txt")}
+    return proc.returncode, proc.stdout, proc.stderr, ranks
+
+
+# The DDP jobs, run one after the other in one torchrun launch (`ddp_train.py` takes several):
+# the launch and each rank's imports of Trainer and PEFT are paid once, not once per job.
+JOBS = {"broken data": ("trainer", 1), "healthy": ("trainer", -1), "nan": ("loop", "nan:1:2")}
+
+
+@pytest.fixture(scope="module")
+def ddp_jobs(qwen3_tokenizer_dir, tiny_qwen3_dir) -> dict[str, tuple[str, dict[int, str]]]:
+    """Each job's output (its part of stdout, then of stderr) and its ranks' ending lines."""
+    code, out, err, ranks = _torchrun(qwen3_tokenizer_dir, tiny_qwen3_dir,
+                                      *[arg for job in JOBS.values() for arg in job])
+    assert code != 0, (out + err)[-3000:]  # jobs stopped: the script exits 3, torchrun 1
+    return {name: (_part(out, job) + _part(err, job),
+                   {r: ranks.get(f"rank{r}-{job}") for r in (0, 1)})
+            for job, name in enumerate(JOBS)}
+
+
+def _part(stream: str, job: int) -> str:
+    """Job `job`'s part of one stream: from its `=== job` marker to the next."""
+    marker = f"=== job {job}\n"
+    assert marker in stream, stream[-3000:]
+    return stream.split(marker, 1)[1].split("=== job ", 1)[0]
 
 
 @pytest.mark.slow
-def test_one_ranks_broken_data_stops_every_rank_before_any_step(qwen3_tokenizer_dir,
-                                                                 tiny_qwen3_dir):
-    code, out, ranks = _torchrun(qwen3_tokenizer_dir, tiny_qwen3_dir, "trainer", 1)
-    assert code != 0
+@pytest.mark.xdist_group("ddp-jobs")  # one launch for the module's jobs, in one worker
+def test_one_ranks_broken_data_stops_every_rank_before_any_step(ddp_jobs):
+    out, ranks = ddp_jobs["broken data"]
     assert ranks == {0: "UnhealthyPipeline ['LD101'] ranks [1] step None",
                      1: "UnhealthyPipeline ['LD101'] ranks [1] step None"}, out[-3000:]
     assert "Connection closed by peer" not in out and ": trained" not in out
@@ -56,17 +78,17 @@ def test_one_ranks_broken_data_stops_every_rank_before_any_step(qwen3_tokenizer_
 
 
 @pytest.mark.slow
-def test_a_healthy_job_on_two_ranks_trains_with_no_stop(qwen3_tokenizer_dir, tiny_qwen3_dir):
-    code, out, ranks = _torchrun(qwen3_tokenizer_dir, tiny_qwen3_dir, "trainer", -1)
-    assert code == 0, out[-3000:]
-    assert ranks == {0: "trained 3 steps", 1: "trained 3 steps"}
+@pytest.mark.xdist_group("ddp-jobs")
+def test_a_healthy_job_on_two_ranks_trains_with_no_stop(ddp_jobs):
+    out, ranks = ddp_jobs["healthy"]
+    assert ranks == {0: "trained 3 steps", 1: "trained 3 steps"}, out[-3000:]
+    assert "Traceback" not in out
 
 
 @pytest.mark.slow
-def test_the_watchdog_stops_every_rank_at_the_step_one_rank_went_nan(qwen3_tokenizer_dir,
-                                                                       tiny_qwen3_dir):
-    code, out, ranks = _torchrun(qwen3_tokenizer_dir, tiny_qwen3_dir, "loop", "nan:1:2")
-    assert code != 0
+@pytest.mark.xdist_group("ddp-jobs")
+def test_the_watchdog_stops_every_rank_at_the_step_one_rank_went_nan(ddp_jobs):
+    out, ranks = ddp_jobs["nan"]
     assert ranks == {0: "UnhealthyPipeline ['LD420'] ranks None step 2",
                      1: "UnhealthyPipeline ['LD420'] ranks None step 2"}, out[-3000:]
     assert "Connection closed by peer" not in out
@@ -75,8 +97,9 @@ def test_the_watchdog_stops_every_rank_at_the_step_one_rank_went_nan(qwen3_token
 @pytest.mark.slow
 def test_under_fsdp2_the_gradient_norm_is_the_norm_of_the_whole_sharded_gradient(
         tiny_llama_dir):
-    code, out, ranks = _torchrun(tiny_llama_dir, script=FSDP_NORM)
-    assert code == 0, out[-3000:]
+    code, out, err, ranks = _torchrun(tiny_llama_dir, script=FSDP_NORM)
+    assert code == 0, (out + err)[-3000:]
+    ranks = {int(name.removeprefix("rank")): line for name, line in ranks.items()}
     for rank in (0, 1):
         sharded, full, dtensors = re.match(r"sharded (\S+) full (\S+) dtensor_grads (\d+)",
                                            ranks[rank]).groups()
