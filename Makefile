@@ -9,6 +9,12 @@ JOBS   ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
 # loadgroup: tests marked xdist_group (one Ray instance) stay in one worker.
 PYTEST := $(PY) -m pytest -n $(JOBS) --dist loadgroup
 
+# Python may keep compiled bytecode, and pytest its rewritten test modules, in __pycache__ (git
+# ignores it) even where the environment says not to: every process the suite starts (the CLI,
+# pytest inside pytest, torchrun ranks) would otherwise compile loradoctor, and every pytest
+# process rewrite the asserts of about 270 modules (the plugins' packages too), again.
+unexport PYTHONDONTWRITEBYTECODE
+
 .PHONY: demo test test-fast fixtures docs bench
 
 demo: fixtures
