@@ -269,8 +269,10 @@ class LoradoctorItem(pytest.Item):
     def __init__(self, *, rule, **kwargs):
         super().__init__(**kwargs)
         self.rule = rule
-        # Under pytest-xdist with `--dist loadgroup`, every rule goes to the same worker, so
-        # the run is measured once; other modes measure it once per worker that gets a rule.
+        # Under pytest-xdist with `--dist loadfile` (all items hang from one node), or
+        # `--dist loadgroup` where xdist's groups work (not with pytest 9.2), every rule goes
+        # to the same worker, so the run is measured once; other modes measure it once per
+        # worker that gets a rule.
         if self.config.pluginmanager.hasplugin("xdist"):
             self.add_marker(pytest.mark.xdist_group("loradoctor"))
 

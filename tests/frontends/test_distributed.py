@@ -65,7 +65,6 @@ def _part(stream: str, job: int) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ddp-jobs")  # one launch for the module's jobs, in one worker
 def test_one_ranks_broken_data_stops_every_rank_before_any_step(ddp_jobs):
     out, ranks = ddp_jobs["broken data"]
     assert ranks == {0: "UnhealthyPipeline ['LD101'] ranks [1] step None",
@@ -78,7 +77,6 @@ def test_one_ranks_broken_data_stops_every_rank_before_any_step(ddp_jobs):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ddp-jobs")
 def test_a_healthy_job_on_two_ranks_trains_with_no_stop(ddp_jobs):
     out, ranks = ddp_jobs["healthy"]
     assert ranks == {0: "trained 3 steps", 1: "trained 3 steps"}, out[-3000:]
@@ -86,7 +84,6 @@ def test_a_healthy_job_on_two_ranks_trains_with_no_stop(ddp_jobs):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ddp-jobs")
 def test_the_watchdog_stops_every_rank_at_the_step_one_rank_went_nan(ddp_jobs):
     out, ranks = ddp_jobs["nan"]
     assert ranks == {0: "UnhealthyPipeline ['LD420'] ranks None step 2",

@@ -5,7 +5,7 @@ The MiniMind-style dataset (fixtures/pipelines/minimind_dataset.py) with the rea
 tokenizer fails `pytest --loradoctor` with an LD101 item; its fixed twin passes; without
 `--loradoctor` nothing is collected and neither torch nor transformers is imported. Skipped
 rules, warnings (and `--loradoctor-strict`), a misconfigured table, the `loradoctor_report`
-fixture, JUnit XML and pytest-xdist (`-n 2`) are covered too.
+fixture, JUnit XML and pytest-xdist (`-n 2 --dist loadfile`) are covered too.
 """
 
 from __future__ import annotations
@@ -163,12 +163,24 @@ def test_the_report_fixture_and_the_api_are_usable_in_the_projects_own_tests(
 
 
 @pytest.mark.slow  # a pytest of its own with two workers, each importing torch
-def test_under_xdist_every_worker_reports_the_same_items(project, pytester):
+def test_under_xdist_the_workers_agree_and_one_of_them_measures_the_pipeline(project, pytester):
     pytest.importorskip("xdist")
-    project('data = "persona.jsonl"\ndataset = "minimind_dataset.py:LoRADataset"\n'
+    # The dataset class, wrapped to leave one file per process that builds it.
+    pytester.makepyfile(counted_dataset="""
+        import os, pathlib
+        from minimind_dataset import LoRADataset as _Base
+
+        class LoRADataset(_Base):
+            def __init__(self, tokenizer, path, max_length=512):
+                pathlib.Path(f"built-{os.getpid()}").touch()
+                super().__init__(tokenizer, path, max_length)
+    """)
+    project('data = "persona.jsonl"\ndataset = "counted_dataset.py:LoRADataset"\n'
             'select = ["LD100", "LD101", "LD102"]\n')
-    result = pytester.runpytest_subprocess("--loradoctor", "-n", "2", "-p", "no:cacheprovider",
-                                           "-rA")
+    # --dist loadfile sends the one `loradoctor` node's rules to one worker.
+    result = pytester.runpytest_subprocess("--loradoctor", "-n", "2", "--dist", "loadfile",
+                                           "-p", "no:cacheprovider", "-rA")
     assert result.ret == 1
     assert result.parseoutcomes() == {"failed": 2, "passed": 1}
+    assert len(list(pytester.path.glob("built-*"))) == 1  # the pipeline measured once in all
     result.stdout.fnmatch_lines(["*FAILED loradoctor::LD101::no-supervised-tokens*"])

@@ -22,9 +22,9 @@ from .test_shards import CLASS, N_RECORDS, _kit
 
 ray = pytest.importorskip("ray")
 
-# Starts a Ray instance (seconds) and its worker processes; under pytest-xdist (--dist loadgroup)
-# the module's tests share one worker, and so one instance.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+# Starts a Ray instance (seconds) and its worker processes; under pytest-xdist (`make test`
+# runs --dist loadfile) the module's tests share one worker, and so one instance.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
