@@ -1,7 +1,8 @@
 """Several processes: every rank reaches one verdict at the same step, rank 0 prints it.
 
 The jobs run as users run them: `torchrun --nproc_per_node 2`, DDP on gloo, on the CPU
-(`fixtures/distributed/ddp_train.py`), one rank's data broken or one rank's loss made NaN.
+(`fixtures/distributed/ddp_train.py`), one rank's data broken or one rank's loss made NaN;
+in the same launch, the watchdog's gradient norm over FSDP2's shards.
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ from loradoctor.findings import CheckResult, Finding, Report, Severity, Status
 from ..conftest import FIXTURES, ROOT
 
 SCRIPT = FIXTURES / "distributed" / "ddp_train.py"
-FSDP_NORM = FIXTURES / "distributed" / "fsdp_norm.py"
 
 
-def _torchrun(*args, script=SCRIPT, timeout: int = 600) -> tuple[int, str, str, dict[str, str]]:
+def _torchrun(*args, timeout: int = 600) -> tuple[int, str, str, dict[str, str]]:
     """Run the script on 2 processes: (exit code, stdout, stderr, each rank's ending lines by
     the name of their file, `rank<r>[-<job>]`).
 
@@ -35,22 +35,26 @@ def _torchrun(*args, script=SCRIPT, timeout: int = 600) -> tuple[int, str, str, 
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
                "LD_RANK_LINES": lines}
         proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2",
-                               str(script), *map(str, args)], capture_output=True, text=True,
+                               str(SCRIPT), *map(str, args)], capture_output=True, text=True,
                               timeout=timeout, env=env, cwd=ROOT)
         ranks = {f.stem: f.read_text() for f in Path(lines).glob("rank*.txt")}
     return proc.returncode, proc.stdout, proc.stderr, ranks
 
 
-# The DDP jobs, run one after the other in one torchrun launch (`ddp_train.py` takes several):
-# the launch and each rank's imports of Trainer and PEFT are paid once, not once per job.
-JOBS = {"broken data": ("trainer", 1), "healthy": ("trainer", -1), "nan": ("loop", "nan:1:2")}
+# The jobs, run one after the other in one torchrun launch (`ddp_train.py` takes several): the
+# launch and each rank's imports of Trainer and PEFT are paid once, not once per job.
+JOBS = {"broken data": ("trainer", 1), "healthy": ("trainer", -1), "nan": ("loop", "nan:1:2"),
+        "fsdp2": ("fsdp-norm", "tiny-llama")}
 
 
 @pytest.fixture(scope="module")
-def ddp_jobs(qwen3_tokenizer_dir, tiny_qwen3_dir) -> dict[str, tuple[str, dict[int, str]]]:
+def ddp_jobs(qwen3_tokenizer_dir, tiny_qwen3_dir,
+             tiny_llama_dir) -> dict[str, tuple[str, dict[int, str]]]:
     """Each job's output (its part of stdout, then of stderr) and its ranks' ending lines."""
+    models = {"tiny-llama": tiny_llama_dir}
     code, out, err, ranks = _torchrun(qwen3_tokenizer_dir, tiny_qwen3_dir,
-                                      *[arg for job in JOBS.values() for arg in job])
+                                      *[models.get(arg, arg) for job in JOBS.values()
+                                        for arg in job])
     assert code != 0, (out + err)[-3000:]  # jobs stopped: the script exits 3, torchrun 1
     return {name: (_part(out, job) + _part(err, job),
                    {r: ranks.get(f"rank{r}-{job}") for r in (0, 1)})
@@ -92,12 +96,10 @@ def test_the_watchdog_stops_every_rank_at_the_step_one_rank_went_nan(ddp_jobs):
 
 
 @pytest.mark.slow
-def test_under_fsdp2_the_gradient_norm_is_the_norm_of_the_whole_sharded_gradient(
-        tiny_llama_dir):
-    code, out, err, ranks = _torchrun(tiny_llama_dir, script=FSDP_NORM)
-    assert code == 0, (out + err)[-3000:]
-    ranks = {int(name.removeprefix("rank")): line for name, line in ranks.items()}
+def test_under_fsdp2_the_gradient_norm_is_the_norm_of_the_whole_sharded_gradient(ddp_jobs):
+    out, ranks = ddp_jobs["fsdp2"]
     for rank in (0, 1):
+        assert ranks[rank], out[-3000:]
         sharded, full, dtensors = re.match(r"sharded (\S+) full (\S+) dtensor_grads (\d+)",
                                            ranks[rank]).groups()
         assert int(dtensors) > 0  # the gradients really are shards
