@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import sys
 import traceback
-import warnings
 
 from .version import __version__
 from .environment import quiet_libraries
@@ -80,10 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     verbose = getattr(args, "verbose", False)
-    # The libraries' warnings are silenced for this run only: main() called in-process (a test,
-    # a notebook) hands the caller's warning filters back as it found them.
-    with warnings.catch_warnings():
-        quiet_libraries()
+    with quiet_libraries():  # for this run only
         try:
             return _dispatch(args)
         except InputError as exc:

@@ -54,8 +54,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 # glibc hands every allocation over 32 MiB straight back to the kernel when it is freed, and the
 # kernel zeroes fresh pages for the next one. The suite's models have the real 151,936-token
-# vocabulary, so every forward makes and frees logits of a few hundred MiB: about half of the
-# suite's CPU time went to the kernel. Here freed memory stays with the process for reuse (in
+# vocabulary, so every forward makes and frees logits of a few hundred MiB: a check-model on the
+# tiny Qwen3 spent 40% of its CPU time in the kernel. Here freed memory stays for reuse (in
 # this process through mallopt, in the processes it starts through the environment), which
 # cut the model tests' time by a sixth; a user's process is left as it is.
 _MALLOC = {"MALLOC_MMAP_MAX_": (-4, 0), "MALLOC_TRIM_THRESHOLD_": (-1, 2**31 - 1)}

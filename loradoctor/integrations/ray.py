@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import os
 import sys
-import warnings
 from typing import Any
 
 from ..environment import OFFLINE, offline, quiet_libraries
@@ -126,9 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest[1:])
     if args.shard:
         own.error("--shard: the shards are the Ray tasks here; give --shards N")
-    # Silenced for this run only, as `loradoctor.cli.main` does.
-    with warnings.catch_warnings():
-        quiet_libraries()
+    with quiet_libraries():  # for this run only, as in `loradoctor.cli.main`
         # check-dataset's options, as `loradoctor check-dataset` passes them to the API.
         inputs = options.api_kwargs(options.DATASET, args)
         del inputs["command"], inputs["shard"]

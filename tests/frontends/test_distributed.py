@@ -25,8 +25,8 @@ SCRIPT = FIXTURES / "distributed" / "ddp_train.py"
 
 
 def _torchrun(*args, timeout: int = 600) -> tuple[int, str, str, dict[str, str]]:
-    """Run the script on 2 processes: (exit code, stdout, stderr, each rank's ending lines by
-    the name of their file, `rank<r>[-<job>]`).
+    """Run the script on 2 processes: (exit code, stdout, stderr, each rank's ending line of
+    each job by the name of its file, `rank<r>-<job>`).
 
     Each rank writes its ending lines to files of its own (`LD_RANK_LINES`): the two processes
     share one stdout, where one rank's line can land in the middle of the other's."""
@@ -41,24 +41,21 @@ def _torchrun(*args, timeout: int = 600) -> tuple[int, str, str, dict[str, str]]
     return proc.returncode, proc.stdout, proc.stderr, ranks
 
 
-# The jobs, run one after the other in one torchrun launch (`ddp_train.py` takes several): the
-# launch and each rank's imports of Trainer and PEFT are paid once, not once per job.
-JOBS = {"broken data": ("trainer", 1), "healthy": ("trainer", -1), "nan": ("loop", "nan:1:2"),
-        "fsdp2": ("fsdp-norm", "tiny-llama")}
-
-
 @pytest.fixture(scope="module")
 def ddp_jobs(qwen3_tokenizer_dir, tiny_qwen3_dir,
              tiny_llama_dir) -> dict[str, tuple[str, dict[int, str]]]:
-    """Each job's output (its part of stdout, then of stderr) and its ranks' ending lines."""
-    models = {"tiny-llama": tiny_llama_dir}
+    """Each job's output (its part of stdout, then of stderr) and its ranks' ending lines.
+
+    The jobs run one after the other in one torchrun launch (`ddp_train.py` takes several):
+    the launch and each rank's imports of Trainer and PEFT are paid once, not once per job."""
+    jobs = {"broken data": ("trainer", 1), "healthy": ("trainer", -1),
+            "nan": ("loop", "nan:1:2"), "fsdp2": ("fsdp-norm", tiny_llama_dir)}
     code, out, err, ranks = _torchrun(qwen3_tokenizer_dir, tiny_qwen3_dir,
-                                      *[models.get(arg, arg) for job in JOBS.values()
-                                        for arg in job])
+                                      *[arg for job in jobs.values() for arg in job])
     assert code != 0, (out + err)[-3000:]  # jobs stopped: the script exits 3, torchrun 1
     return {name: (_part(out, job) + _part(err, job),
                    {r: ranks.get(f"rank{r}-{job}") for r in (0, 1)})
-            for job, name in enumerate(JOBS)}
+            for job, name in enumerate(jobs)}
 
 
 def _part(stream: str, job: int) -> str:
